@@ -1,0 +1,229 @@
+"""The full config schema: every field a run reads, with its default.
+
+Presets in `configs/` start from `base_config()` and override what differs, so that a
+field exists in every config and `--config.<group>.<field>=...` works for each of them.
+"""
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults for every field; presets override. Groups: data, model, diffusion, training, sampling."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = data = ml_collections.ConfigDict()
+  data.source = "mnist5k"      # mnist5k | toy2d | a tfds name | folder:<path>
+  data.image_size = 32         # images are resized (or padded, for 28x28 digits) to this size
+  data.channels = 1
+  data.num_classes = 10
+  data.random_flip = False
+  data.tfds_data_dir = ""      # "" = tfds default
+  data.tfds_split = "train"
+  data.toy2d_num_examples = 100_000  # toy2d: fixed draws from the mixture, seeded by config.seed
+  data.toy2d_radius = 1.5      # toy2d: component means evenly spaced on this circle
+  data.toy2d_std = 0.1         # toy2d: isotropic std of each component
+
+  config.model = model = ml_collections.ConfigDict()
+  model.name = "unet"          # unet | mlp | classifier
+  model.ch = 64
+  model.num_res_blocks = 2
+  model.ch_mult = (1, 2, 2)
+  model.attn_resolutions = (16,)
+  model.num_heads = 4          # used when num_head_channels == -1
+  model.num_head_channels = -1
+  model.dropout = 0.1
+  model.resblock_updown = True
+  model.skip_rescale = True    # scale residual sums by 1/sqrt(2)
+  model.dtype = "float32"      # compute dtype; params stay float32
+  model.mlp_hidden = 256       # mlp only
+  model.mlp_depth = 4          # mlp only
+
+  config.diffusion = diffusion = ml_collections.ConfigDict()
+  diffusion.logsnr_min = -20.
+  diffusion.logsnr_max = 20.
+  diffusion.prediction = "eps"  # eps | x | v
+
+  config.training = training = ml_collections.ConfigDict()
+  training.num_steps = 20_000
+  training.batch_size = 128    # global, over all devices and hosts
+  training.p_uncond = 0.1
+  training.learning_rate = 2e-4
+  training.warmup_steps = 500
+  training.grad_clip_norm = 1.0
+  training.weight_decay = 0.0
+  training.adam_b1 = 0.9
+  training.adam_b2 = 0.999
+  training.adam_eps = 1e-8
+  training.ema_decay = 0.9999
+  training.checkpoint_every = 1000
+  training.max_to_keep = 3
+  training.log_every = 100
+  training.sample_every = 2000
+
+  config.sampling = sampling = ml_collections.ConfigDict()
+  sampling.v = 0.3
+  sampling.num_steps = 256
+  sampling.w = (0., 0.5, 2.)
+  sampling.sampler = "stochastic"  # stochastic | ddim
+  sampling.clip_x = True
+  sampling.num_per_class = 8   # grid columns
+  sampling.grid_classes = 10   # grid rows: the first classes (ImageNet has 1000)
+  return config
+
+
+def _is_int(x) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_real(x) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _int_at_least(lo):
+  return (lambda x: _is_int(x) and x >= lo), f"an int >= {lo}"
+
+
+def _real_in(lo, hi, *, lo_open=False, hi_open=False):
+  def check(x):
+    return (_is_real(x) and (x > lo if lo_open else x >= lo)
+            and (x < hi if hi_open else x <= hi))
+  return check, f"a number in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
+
+def _one_of(*values):
+  return (lambda x: x in values), f"one of {values}"
+
+
+def _ints_tuple(*, allow_empty):
+  check = lambda x: (isinstance(x, (tuple, list)) and (allow_empty or len(x) > 0)
+                     and all(_is_int(v) and v >= 1 for v in x))
+  return check, f"a {'' if allow_empty else 'non-empty '}tuple of ints >= 1"
+
+
+_BOOL = (lambda x: isinstance(x, bool)), "True or False"
+_POSITIVE = _real_in(0, math.inf, lo_open=True, hi_open=True)
+_NON_NEGATIVE = _real_in(0, math.inf, hi_open=True)
+
+# Every field of base_config(): (check, what is allowed).
+RULES = {
+    "seed": _int_at_least(0),
+    "data.source": ((lambda x: isinstance(x, str) and bool(x)), "a non-empty string"),
+    "data.image_size": _int_at_least(1),
+    "data.channels": _one_of(1, 3),
+    "data.num_classes": _int_at_least(1),
+    "data.random_flip": _BOOL,
+    "data.tfds_data_dir": ((lambda x: isinstance(x, str)), "a path string ('' for the default)"),
+    "data.tfds_split": ((lambda x: isinstance(x, str) and bool(x)), "a tfds split such as 'train'"),
+    "data.toy2d_num_examples": _int_at_least(1),
+    "data.toy2d_radius": _POSITIVE,
+    "data.toy2d_std": _POSITIVE,
+    "model.name": _one_of("unet", "mlp", "classifier"),
+    "model.ch": _int_at_least(1),
+    "model.num_res_blocks": _int_at_least(1),
+    "model.ch_mult": _ints_tuple(allow_empty=False),
+    "model.attn_resolutions": _ints_tuple(allow_empty=True),
+    "model.num_heads": _int_at_least(1),
+    "model.num_head_channels": ((lambda x: _is_int(x) and (x == -1 or x >= 1)),
+                                "-1 (use num_heads) or an int >= 1"),
+    "model.dropout": _real_in(0, 1, hi_open=True),
+    "model.resblock_updown": _BOOL,
+    "model.skip_rescale": _BOOL,
+    "model.dtype": _one_of("float32", "bfloat16"),
+    "model.mlp_hidden": _int_at_least(1),
+    "model.mlp_depth": _int_at_least(1),
+    "diffusion.logsnr_min": _real_in(-math.inf, math.inf, lo_open=True, hi_open=True),
+    "diffusion.logsnr_max": _real_in(-math.inf, math.inf, lo_open=True, hi_open=True),
+    "diffusion.prediction": _one_of("eps", "x", "v"),
+    "training.num_steps": _int_at_least(1),
+    "training.batch_size": _int_at_least(1),
+    "training.p_uncond": _real_in(0, 1),
+    "training.learning_rate": _POSITIVE,
+    "training.warmup_steps": _int_at_least(0),
+    "training.grad_clip_norm": _POSITIVE,
+    "training.weight_decay": _NON_NEGATIVE,
+    "training.adam_b1": _real_in(0, 1, hi_open=True),
+    "training.adam_b2": _real_in(0, 1, hi_open=True),
+    "training.adam_eps": _POSITIVE,
+    "training.ema_decay": _real_in(0, 1),
+    "training.checkpoint_every": _int_at_least(1),
+    "training.max_to_keep": _int_at_least(1),
+    "training.log_every": _int_at_least(1),
+    "training.sample_every": _int_at_least(1),
+    "sampling.v": _real_in(0, 1),
+    "sampling.num_steps": _int_at_least(1),
+    "sampling.w": ((lambda x: isinstance(x, (tuple, list)) and len(x) > 0
+                    and all(_is_real(v) for v in x)), "a non-empty tuple of finite numbers"),
+    "sampling.sampler": _one_of("stochastic", "ddim"),
+    "sampling.clip_x": _BOOL,
+    "sampling.num_per_class": _int_at_least(1),
+    "sampling.grid_classes": _int_at_least(1),
+}
+
+
+def _flat(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      out |= _flat(value, f"{prefix}{key}.")
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
+  """Raises ValueError naming the first bad field of `config` and what is allowed.
+
+  Checks every field against RULES, that no field is unknown or missing, and the
+  relations between fields (batch split over devices, image size against the UNet's
+  downsampling, attention heads against channels, λ range).
+  """
+  fields = _flat(config)
+  unknown = sorted(set(fields) - set(RULES))
+  if unknown:
+    raise ValueError(f"Unknown config field(s) {['config.' + k for k in unknown]}; the fields "
+                     f"are those of cfg_jax.config_lib.base_config().")
+  missing = sorted(set(RULES) - set(fields))
+  if missing:
+    raise ValueError(f"Missing config field(s) {['config.' + k for k in missing]}; start presets "
+                     f"from cfg_jax.config_lib.base_config().")
+  for name, (check, allowed) in RULES.items():
+    if not check(fields[name]):
+      raise ValueError(f"config.{name}={fields[name]!r} is invalid: it must be {allowed}.")
+  _validate_relations(config, num_devices)
+
+
+def _validate_relations(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  d, m = config.data, config.model
+  if not config.diffusion.logsnr_min < config.diffusion.logsnr_max:
+    raise ValueError(f"config.diffusion.logsnr_min={config.diffusion.logsnr_min} must be < "
+                     f"config.diffusion.logsnr_max={config.diffusion.logsnr_max}.")
+  if config.training.batch_size % num_devices:
+    raise ValueError(f"config.training.batch_size={config.training.batch_size} must be divisible "
+                     f"by the number of devices ({num_devices}).")
+  toy = d.source == "toy2d"
+  if toy != (m.name == "mlp"):
+    raise ValueError(f"config.model.name={m.name!r} does not fit config.data.source={d.source!r}:"
+                     f" the 'mlp' model is for 'toy2d' points, 'unet'/'classifier' for images.")
+  if toy:
+    return
+  factor = 2 ** (len(m.ch_mult) - 1)
+  if d.image_size % factor:
+    raise ValueError(f"config.data.image_size={d.image_size} must be divisible by {factor}, the "
+                     f"UNet's downsampling for config.model.ch_mult={tuple(m.ch_mult)}.")
+  resolutions = [d.image_size // 2**i for i in range(len(m.ch_mult))]
+  for res in m.attn_resolutions:
+    if res not in resolutions:
+      raise ValueError(f"config.model.attn_resolutions has {res}, which is not one of the UNet's "
+                       f"resolutions {resolutions} for image_size={d.image_size}.")
+    ch = m.ch * m.ch_mult[resolutions.index(res)]
+    if ch % (m.num_heads if m.num_head_channels == -1 else m.num_head_channels):
+      raise ValueError(f"At resolution {res} the UNet has {ch} channels, which "
+                       f"config.model.num_heads={m.num_heads} / num_head_channels="
+                       f"{m.num_head_channels} does not split into whole heads.")
+  if m.name == "classifier" and 8 not in resolutions:
+    raise ValueError(f"The classifier pools at 8x8: config.data.image_size={d.image_size} with "
+                     f"config.model.ch_mult={tuple(m.ch_mult)} never reaches it ({resolutions}).")
