@@ -34,7 +34,6 @@ import functools
 import importlib.util
 import itertools
 import pathlib
-from typing import NamedTuple
 
 import jax
 import ml_collections
@@ -42,6 +41,8 @@ import numpy as np
 from PIL import Image
 from PIL import ImageOps
 import tensorflow_datasets as tfds
+
+from cfg_jax.mixture import GaussianMixture
 
 Batch = dict[str, np.ndarray]
 # read(indices) -> (examples [n, *example_shape], uint8 images or float; labels [n]).
@@ -58,13 +59,6 @@ _MAX_IN_MEMORY_BYTES = 2 << 30
 _TFDS_CHUNK = 1024
 # Independent random streams under one seed: np.random.default_rng([seed, stream, ...]).
 _ORDER_STREAM, _FLIP_STREAM, _TOY2D_STREAM = 0, 1, 2
-
-
-class GaussianMixture(NamedTuple):
-  """Component k is N(means[k], covs[k]) and has weight probs[k]; k is the class label."""
-  means: np.ndarray  # [K, 2]
-  covs: np.ndarray   # [K, 2, 2]
-  probs: np.ndarray  # [K]
 
 
 class Dataset:

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cfg_jax import diffusion
+from cfg_jax import guidance
 from cfg_jax import schedules
 
 Array = jax.Array
@@ -62,8 +63,8 @@ def _check_options(*, shape, num_steps, null_label, v, logsnr_min, logsnr_max,
                        f"got {guidance_interval!r}.")
 
 
-def _check_call(labels: Any, w: Any, null_label: int) -> tuple[Array, Array | None]:
-  """Validates labels and w at call time (before any trace) and fixes their dtypes."""
+def _check_labels(labels: Any, null_label: int) -> Array:
+  """Validates labels at call time (before any trace) and makes them int32."""
   if not hasattr(labels, "dtype"):
     labels = np.asarray(labels)
   if labels.ndim != 1 or not jnp.issubdtype(labels.dtype, jnp.integer):
@@ -74,30 +75,24 @@ def _check_call(labels: Any, w: Any, null_label: int) -> tuple[Array, Array | No
     if bad.size:
       raise ValueError(f"labels must be in [0, {null_label}] (class ids, or null_label="
                        f"{null_label} for unconditional), got {bad[:5].tolist()}.")
-  labels = labels.astype(jnp.int32)
-  if w is None:
-    return labels, None
-  if not hasattr(w, "dtype"):
-    w = np.asarray(w)
-  if w.shape not in ((), labels.shape):
-    raise ValueError(f"w must be a scalar or an array of shape [B]={labels.shape}, "
-                     f"got shape {w.shape}.")
-  if not jnp.issubdtype(w.dtype, jnp.number) or jnp.issubdtype(w.dtype, jnp.complexfloating):
-    raise ValueError(f"w must be a real number, got dtype {w.dtype}.")
-  if _is_concrete(w) and not np.all(np.isfinite(np.asarray(w))):
-    raise ValueError(f"w must be finite, got {np.asarray(w).tolist()}.")
-  return labels, w.astype(jnp.float32)
+  return labels.astype(jnp.int32)
 
 
-def guided_output(apply_fn: ApplyFn, params: Any, z: Array, logsnr: Array, labels: Array,
-                  w: Array, null_label: int) -> Array:
-  """(1 + w) out(z, c) - w out(z, ∅), both halves from one pass on the doubled batch."""
-  batch = z.shape[0]
-  out = apply_fn(params, jnp.concatenate([z, z]), jnp.concatenate([logsnr, logsnr]),
-                 jnp.concatenate([labels, jnp.full_like(labels, null_label)]))
-  cond, uncond = out[:batch], out[batch:]
-  w = diffusion._bcast(w, cond)
-  return cond + w * (cond - uncond)
+def _check_weight(name: str, value: Any, batch: int) -> Array | None:
+  """Validates a guidance weight (w or classifier_scale): None, a scalar or [B], finite."""
+  if value is None:
+    return None
+  if not hasattr(value, "dtype"):
+    value = np.asarray(value)
+  if value.shape not in ((), (batch,)):
+    raise ValueError(f"{name} must be a scalar or an array of shape [B]=({batch},), "
+                     f"got shape {value.shape}.")
+  if not jnp.issubdtype(value.dtype, jnp.number) or jnp.issubdtype(value.dtype,
+                                                                  jnp.complexfloating):
+    raise ValueError(f"{name} must be a real number, got dtype {value.dtype}.")
+  if _is_concrete(value) and not np.all(np.isfinite(np.asarray(value))):
+    raise ValueError(f"{name} must be finite, got {np.asarray(value).tolist()}.")
+  return value.astype(jnp.float32)
 
 
 def make_sample_fn(apply_fn: ApplyFn, *, shape: tuple[int, ...], num_steps: int,
@@ -105,7 +100,9 @@ def make_sample_fn(apply_fn: ApplyFn, *, shape: tuple[int, ...], num_steps: int,
                    logsnr_max: float = 20., prediction: str = "eps",
                    sampler: str = "stochastic", clip_x: bool = False,
                    guidance_interval: tuple[float, float] | None = None,
-                   return_trajectory: bool = False) -> Callable[..., Any]:
+                   return_trajectory: bool = False,
+                   classifier_fn: guidance.ClassifierFn | None = None,
+                   condition_model: bool = True) -> Callable[..., Any]:
   """Builds the jitted guided sampler `sample_fn(params, rng, labels, w)` (Algorithm 2).
 
   Args:
@@ -119,14 +116,22 @@ def make_sample_fn(apply_fn: ApplyFn, *, shape: tuple[int, ...], num_steps: int,
     sampler: "stochastic" (the paper's reverse step) or "ddim" (deterministic,
       probability flow: z' = α' x̃ + σ' ε̃).
     clip_x: clip x̃ to [-1, 1] (images) and recompute ε̃ from it.
-    guidance_interval: (logsnr_lo, logsnr_hi); guidance only at steps whose λ lies in it,
-      one unguided pass per step elsewhere. None guides every step.
+    guidance_interval: (logsnr_lo, logsnr_hi); guidance (classifier-free and classifier)
+      only at steps whose λ lies in it, one unguided pass per step elsewhere. None guides
+      every step.
     return_trajectory: also return z after every step, [T, B, *shape] (the last is x).
+    classifier_fn: `classifier_fn(classifier_params, z, logsnr) -> logits` of a noisy
+      classifier p_φ(c | z_λ, λ), for classifier guidance (the mean shift for the
+      stochastic sampler, the score form for DDIM). Combines with w.
+    condition_model: False runs the network on ∅ only (an unconditional model, or the
+      null label of a joint one), so that the labels steer only the classifier.
 
   Returns:
-    `sample_fn(params, rng, labels, w) -> x` ([B, *shape] float32), or `(x, trajectory)`.
-    labels: int [B]; w: None, a float, a scalar array or a [B] array. `sample_fn.lower`
-    lowers the jitted core with the same arguments (for AOT compilation and cost analysis).
+    `sample_fn(params, rng, labels, w=None, *, classifier_params=None,
+    classifier_scale=None) -> x` ([B, *shape] float32), or `(x, trajectory)`.
+    labels: int [B]; w and classifier_scale: None, a float, a scalar or a [B] array.
+    `sample_fn.lower` lowers the jitted core with the same arguments (AOT compilation,
+    cost analysis).
   """
   _check_options(shape=shape, num_steps=num_steps, null_label=null_label, v=v,
                  logsnr_min=logsnr_min, logsnr_max=logsnr_max, prediction=prediction,
@@ -141,37 +146,49 @@ def make_sample_fn(apply_fn: ApplyFn, *, shape: tuple[int, ...], num_steps: int,
   else:
     guided = (logsnrs >= guidance_interval[0]) & (logsnrs <= guidance_interval[1])
 
-  def denoise(params, z, logsnr_t, labels, w, guide):
-    logsnr = jnp.full((z.shape[0],), logsnr_t)
-    unguided = lambda: apply_fn(params, z, logsnr, labels).astype(jnp.float32)
+  def network(params, z, logsnr, labels, w, guide):
+    """The network output, classifier-free guided when w is given and the step is guided."""
+    model_labels = labels if condition_model else jnp.full_like(labels, null_label)
+    unguided = lambda: apply_fn(params, z, logsnr, model_labels).astype(jnp.float32)
     if w is None:
-      out = unguided()
-    else:
-      guided_fn = lambda: guided_output(apply_fn, params, z, logsnr, labels, w,
-                                        null_label).astype(jnp.float32)
-      out = guided_fn() if guidance_interval is None else jax.lax.cond(
-          guide, guided_fn, unguided)
-    x, eps = diffusion.to_x_eps(z, out, logsnr, prediction=prediction)
+      return unguided()
+    guided_fn = lambda: guidance.classifier_free(apply_fn, params, z, logsnr, labels, w,
+                                                 null_label).astype(jnp.float32)
+    return guided_fn() if guidance_interval is None else jax.lax.cond(guide, guided_fn, unguided)
+
+  def step_fn(params, classifier, labels, w, rng, z, i, logsnr_t, logsnr_s, guide):
+    """One reverse step z_t -> z_{t+1}; the last step returns x̃."""
+    logsnr = jnp.full((z.shape[0],), logsnr_t)
+    x, eps = diffusion.to_x_eps(z, network(params, z, logsnr, labels, w, guide), logsnr,
+                                prediction=prediction)
+    g = None
+    if classifier is not None:
+      classifier_params, scale = classifier
+      scale = jnp.where(guide, scale, 0.)
+      g = guidance.classifier_grad(classifier_fn, classifier_params, z, logsnr, labels, scale)
+      if sampler == "ddim":  # score form: ε̃ = ε - σ g
+        eps = eps - diffusion._bcast(schedules.alpha_sigma(logsnr)[1], z) * g
+        x = diffusion.x_from_eps(z, eps, logsnr)
     if clip_x:
       x = jnp.clip(x, -1., 1.)
       eps = diffusion.eps_from_x(z, x, logsnr)
-    return x, eps
+    if sampler == "ddim":
+      alpha_s, sigma_s = schedules.alpha_sigma(logsnr_s)
+      z_next = alpha_s * x + sigma_s * eps
+    else:
+      mean = diffusion.posterior_mean(z, x, logsnr_t, logsnr_s)
+      var = jnp.exp(diffusion.reverse_log_var(logsnr_t, logsnr_s, v))
+      if g is not None:  # condition_mean: shift by (reverse variance) · g
+        mean = mean + var * g
+      z_next = mean + jnp.sqrt(var) * jax.random.normal(jax.random.fold_in(rng, i), z.shape)
+    return jnp.where(i == num_steps - 1, x, z_next)
 
-  def sample(params, rng, labels, w):
+  def sample(params, rng, labels, w, classifier):
     rng_init, rng_steps = jax.random.split(rng)
     z = jax.random.normal(rng_init, (labels.shape[0],) + shape, jnp.float32)
 
     def step(z, xs):
-      i, logsnr_t, logsnr_s, guide = xs
-      x, eps = denoise(params, z, logsnr_t, labels, w, guide)
-      if sampler == "ddim":
-        alpha_s, sigma_s = schedules.alpha_sigma(logsnr_s)
-        z_next = alpha_s * x + sigma_s * eps
-      else:
-        mean = diffusion.posterior_mean(z, x, logsnr_t, logsnr_s)
-        std = jnp.exp(0.5 * diffusion.reverse_log_var(logsnr_t, logsnr_s, v))
-        z_next = mean + std * jax.random.normal(jax.random.fold_in(rng_steps, i), z.shape)
-      z_next = jnp.where(i == num_steps - 1, x, z_next)
+      z_next = step_fn(params, classifier, labels, w, rng_steps, z, *xs)
       return z_next, (z_next if return_trajectory else None)
 
     xs = (jnp.arange(num_steps), jnp.asarray(logsnrs), jnp.asarray(logsnrs_next),
@@ -181,13 +198,28 @@ def make_sample_fn(apply_fn: ApplyFn, *, shape: tuple[int, ...], num_steps: int,
 
   jitted = jax.jit(sample)
 
-  def sample_fn(params, rng, labels, w=None):
-    labels, w = _check_call(labels, w, null_label)
-    return jitted(params, rng, labels, w)
+  def check(labels, w, classifier_params, classifier_scale):
+    labels = _check_labels(labels, null_label)
+    w = _check_weight("w", w, labels.shape[0])
+    if w is not None and not condition_model:
+      raise ValueError("w (classifier-free guidance) needs a conditional model; this sampler "
+                       "was made with condition_model=False.")
+    scale = _check_weight("classifier_scale", classifier_scale, labels.shape[0])
+    if classifier_fn is None:
+      if classifier_params is not None or scale is not None:
+        raise ValueError("classifier_params/classifier_scale need make_sample_fn(..., "
+                         "classifier_fn=...).")
+      return labels, w, None
+    if scale is None:
+      raise ValueError("This sampler does classifier guidance: pass classifier_scale (and "
+                       "the classifier_params of classifier_fn).")
+    return labels, w, (classifier_params, scale)
 
-  def lower(params, rng, labels, w=None):
-    labels, w = _check_call(labels, w, null_label)
-    return jitted.lower(params, rng, labels, w)
+  def sample_fn(params, rng, labels, w=None, *, classifier_params=None, classifier_scale=None):
+    return jitted(params, rng, *check(labels, w, classifier_params, classifier_scale))
+
+  def lower(params, rng, labels, w=None, *, classifier_params=None, classifier_scale=None):
+    return jitted.lower(params, rng, *check(labels, w, classifier_params, classifier_scale))
 
   sample_fn.lower = lower
   return sample_fn

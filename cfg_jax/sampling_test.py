@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cfg_jax import schedules
+from cfg_jax import mixture
 from cfg_jax.sampling import make_sample_fn
 
 # Three 2-D Gaussians with distinct, anisotropic covariances; ∅ is label 3.
@@ -13,23 +13,9 @@ MEANS = jnp.float32([[1.5, 0.], [-0.75, 1.3], [-0.75, -1.3]])
 COVS = jnp.float32([[[0.10, 0.03], [0.03, 0.05]],
                     [[0.04, 0.00], [0.00, 0.12]],
                     [[0.08, -0.02], [-0.02, 0.06]]])
+MIXTURE = mixture.GaussianMixture(MEANS, COVS, jnp.full((3,), 1 / 3))
 NULL = 3
-
-
-def mixture_eps(params, z, logsnr, labels):
-  """E[ε | z_λ, c] for c < NULL, and E[ε | z_λ] of the whole mixture for c = NULL."""
-  del params
-  alpha, sigma = schedules.alpha_sigma(logsnr)
-  alpha, sigma = alpha[:, None, None, None], sigma[:, None, None, None]
-  cov = alpha**2 * COVS[None] + sigma**2 * jnp.eye(2)             # [B, K, 2, 2]
-  diff = z[:, None, :] - alpha[..., 0] * MEANS[None]                # [B, K, 2]
-  sol = jnp.linalg.solve(cov, diff[..., None])[..., 0]              # C^{-1} (z - α m)
-  eps_k = sigma[..., 0] * sol                                       # [B, K, 2]
-  log_lik = -0.5 * (jnp.sum(diff * sol, -1) + jnp.linalg.slogdet(cov)[1])
-  post = jax.nn.softmax(log_lik, axis=-1)                           # p(c | z), uniform prior
-  uncond = jnp.einsum("bk,bkd->bd", post, eps_k)
-  cond = jnp.take_along_axis(eps_k, jnp.minimum(labels, NULL - 1)[:, None, None], 1)[:, 0]
-  return jnp.where((labels == NULL)[:, None], uncond, cond)
+mixture_eps = mixture.eps_fn(MIXTURE)
 
 
 def _labels(n_per_class):
