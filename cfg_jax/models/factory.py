@@ -1,0 +1,89 @@
+"""Builds the networks from a config and exposes them in the forms the rest of the code uses.
+
+`create_model(config)` reads config.model (architecture, compute dtype) and
+config.data.num_classes; the shape of z is `input_pipeline.example_shape(config)`.
+`make_apply_fn(model)` is the sampler's contract `apply_fn(params, z, logsnr, labels) -> ε`.
+`param_shapes` and `num_params` go through `jax.eval_shape`, so they cost no memory for
+the weights.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from cfg_jax import input_pipeline
+from cfg_jax.models.classifier import Classifier
+from cfg_jax.models.mlp import MLP
+from cfg_jax.models.unet import UNet
+
+Array = jax.Array
+Params = Any
+MODEL_NAMES = ("unet", "mlp", "classifier")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def create_model(config: ml_collections.ConfigDict) -> nn.Module:
+  """The `UNet`, `MLP` or `Classifier` named by config.model.name, for config.data."""
+  m = config.model
+  if m.name not in MODEL_NAMES:
+    raise ValueError(f"model.name must be one of {MODEL_NAMES}, got {m.name!r}.")
+  if m.dtype not in DTYPES:
+    raise ValueError(f"model.dtype must be one of {tuple(DTYPES)}, got {m.dtype!r}.")
+  dtype = DTYPES[m.dtype]
+  num_classes = config.data.num_classes
+  if m.name == "mlp":
+    return MLP(num_classes, hidden=m.mlp_hidden, depth=m.mlp_depth, dropout=m.dropout,
+               dtype=dtype)
+  cls = UNet if m.name == "unet" else Classifier
+  return cls(num_classes, ch=m.ch, num_res_blocks=m.num_res_blocks, ch_mult=tuple(m.ch_mult),
+             attn_resolutions=tuple(m.attn_resolutions), num_heads=m.num_heads,
+             num_head_channels=m.num_head_channels, dropout=m.dropout,
+             resblock_updown=m.resblock_updown, skip_rescale=m.skip_rescale, dtype=dtype)
+
+
+def dummy_inputs(model: nn.Module, config: ml_collections.ConfigDict, *,
+                 batch_size: int = 1) -> tuple[Array, ...]:
+  """Zero inputs of the right shapes and dtypes: (z, logsnr[, labels]) for the model."""
+  z = jnp.zeros((batch_size,) + input_pipeline.example_shape(config), jnp.float32)
+  logsnr = jnp.zeros((batch_size,), jnp.float32)
+  if isinstance(model, Classifier):
+    return z, logsnr
+  return z, logsnr, jnp.zeros((batch_size,), jnp.int32)
+
+
+def init_params(model: nn.Module, rng: Array, config: ml_collections.ConfigDict) -> Params:
+  """The model's freshly initialized float32 params pytree (jitted, so a big net inits fast)."""
+  inputs = dummy_inputs(model, config)
+  return jax.jit(lambda rng: model.init({"params": rng}, *inputs, train=False)["params"])(rng)
+
+
+def param_shapes(model: nn.Module, config: ml_collections.ConfigDict) -> Params:
+  """The params pytree as `jax.ShapeDtypeStruct`s, without allocating the weights."""
+  return jax.eval_shape(lambda rng: init_params(model, rng, config), jax.random.key(0))
+
+
+def count_params(params: Params) -> int:
+  """Number of scalars in a params pytree of arrays or `jax.ShapeDtypeStruct`s."""
+  return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+
+
+def num_params(model: nn.Module, config: ml_collections.ConfigDict) -> int:
+  """Parameter count of the model for config, through `jax.eval_shape`."""
+  return count_params(param_shapes(model, config))
+
+
+def make_apply_fn(model: nn.Module) -> Callable[[Params, Array, Array, Array], Array]:
+  """`apply_fn(params, z, logsnr, labels) -> ε` in eval mode: the sampler's contract."""
+  if isinstance(model, Classifier):
+    raise TypeError("make_apply_fn is for the ε-networks (UNet, MLP); apply a Classifier "
+                    "as model.apply({'params': params}, z, logsnr, train=False).")
+
+  def apply_fn(params: Params, z: Array, logsnr: Array, labels: Array) -> Array:
+    return model.apply({"params": params}, z, logsnr, labels, train=False)
+
+  return apply_fn

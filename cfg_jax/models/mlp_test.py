@@ -1,0 +1,50 @@
+"""Tests of the MLP ε-network for 2-D data."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cfg_jax import models
+from cfg_jax import sampling
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_config, random_like):
+  config = tiny_config("mlp")
+  model = models.create_model(config)
+  params = random_like(models.param_shapes(model, config))
+  return config, model, params
+
+
+def test_shapes_null_label_gradient_and_dropout(setup):
+  config, model, params = setup
+  null = config.data.num_classes
+  z = jax.random.normal(jax.random.key(0), (5, 2))
+  logsnr = jnp.linspace(-10., 10., 5)
+  labels = jnp.array([0, 1, 2, null, null], jnp.int32)
+
+  @jax.jit
+  def run(params, rng):
+    apply = lambda p, train: model.apply({"params": p}, z, logsnr, labels, train=train,
+                                         rngs={"dropout": rng})
+    grads = jax.grad(lambda p: jnp.sum(apply(p, False) ** 2))(params)
+    return apply(params, False), apply(params, True), grads
+
+  eps, eps_train, grads = run(params, jax.random.key(1))
+  chex.assert_shape(eps, (5, 2))
+  chex.assert_type(eps, jnp.float32)
+  assert not np.allclose(eps, eps_train)
+  rows = np.linalg.norm(grads["label_emb"]["embedding"], axis=-1)
+  assert rows[null] > 0. and rows[0] > 0.
+
+
+def test_zero_at_init_and_sampler_contract(setup):
+  config, model, params = setup
+  fresh = models.init_params(model, jax.random.key(0), config)
+  np.testing.assert_array_equal(fresh["dense_out"]["kernel"], 0.)
+  sample_fn = sampling.make_sample_fn(models.make_apply_fn(model), shape=(2,), num_steps=4,
+                                      null_label=config.data.num_classes)
+  x = sample_fn(params, jax.random.key(0), jnp.array([0, 1, 2], jnp.int32), 2.)
+  chex.assert_shape(x, (3, 2))
+  chex.assert_tree_all_finite(x)

@@ -1,0 +1,114 @@
+"""Tests of the UNet ε-network on a tiny config: shapes, dropout, the null label, precision."""
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cfg_jax import models
+from cfg_jax import sampling
+
+B = 4
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_config, random_like):
+  """(config, model, params with every layer random, inputs) of the tiny UNet."""
+  config = tiny_config("unet")
+  model = models.create_model(config)
+  params = random_like(models.param_shapes(model, config))
+  z = jax.random.normal(jax.random.key(1), (B, 16, 16, 3))
+  logsnr = jnp.array([-15., -2., 3., 12.])
+  labels = jnp.array([0, 1, 2, 3], jnp.int32)  # 3 = num_classes = ∅
+  return config, model, params, (z, logsnr, labels)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "train"))
+def _apply(model, params, z, logsnr, labels, rng=None, *, train=False):
+  rngs = {"dropout": rng} if rng is not None else {}
+  return model.apply({"params": params}, z, logsnr, labels, train=train, rngs=rngs)
+
+
+def test_output_is_float32_eps_of_z_shape_and_zero_at_init(setup):
+  config, model, _, inputs = setup
+  params = models.init_params(model, jax.random.key(0), config)
+  eps = _apply(model, params, *inputs)
+  chex.assert_shape(eps, inputs[0].shape)
+  chex.assert_type(eps, jnp.float32)
+  np.testing.assert_array_equal(eps, 0.)  # the output convolution starts at zero
+
+
+def test_deterministic_and_dropout_only_in_training(setup):
+  _, model, params, inputs = setup
+  eval_out = _apply(model, params, *inputs)
+  chex.assert_tree_all_finite(eval_out)
+  np.testing.assert_array_equal(eval_out, _apply(model, params, *inputs))
+  train_a = _apply(model, params, *inputs, jax.random.key(5), train=True)
+  np.testing.assert_array_equal(train_a, _apply(model, params, *inputs, jax.random.key(5),
+                                                train=True))
+  assert not np.allclose(train_a, _apply(model, params, *inputs, jax.random.key(6), train=True))
+  assert not np.allclose(train_a, eval_out)
+  no_dropout = model.clone(dropout=0.)
+  np.testing.assert_allclose(_apply(no_dropout, params, *inputs, jax.random.key(5), train=True),
+                             eval_out, rtol=1e-6, atol=1e-6)
+
+
+def test_output_depends_on_logsnr_and_label(setup):
+  _, model, params, (z, logsnr, labels) = setup
+  out = _apply(model, params, z, logsnr, labels)
+  assert not np.allclose(out, _apply(model, params, z, logsnr + 1., labels))
+  assert not np.allclose(out, _apply(model, params, z, logsnr, (labels + 1) % 4))
+
+
+def test_null_label_row_is_used_and_receives_gradient(setup):
+  config, model, params, (z, logsnr, _) = setup
+  null = config.data.num_classes
+  chex.assert_shape(params["label_emb"]["embedding"], (null + 1, 4 * config.model.ch))
+  labels = jnp.full((B,), null, jnp.int32)
+  grads = jax.grad(lambda p: jnp.sum(_apply(model, p, z, logsnr, labels) ** 2))(params)
+  row_norms = np.linalg.norm(grads["label_emb"]["embedding"], axis=-1)
+  assert row_norms[null] > 0.
+  np.testing.assert_array_equal(row_norms[:null], 0.)
+
+
+def test_bfloat16_compute_is_close_to_float32(setup):
+  _, model, params, inputs = setup
+  out32 = _apply(model, params, *inputs)
+  bf16 = model.clone(dtype=jnp.bfloat16)
+  out16 = _apply(bf16, params, *inputs)
+  chex.assert_type(out16, jnp.float32)
+  rel = np.linalg.norm(out16 - out32) / np.linalg.norm(out32)
+  assert rel < 0.03, rel
+  shapes = jax.eval_shape(lambda: bf16.init(jax.random.key(0), *inputs, train=False))
+  assert {x.dtype for x in jax.tree.leaves(shapes)} == {jnp.dtype(jnp.float32)}
+
+
+def test_conv_resampling_and_skip_rescale(setup):
+  _, model, _, inputs = setup
+  variant = model.clone(resblock_updown=False, skip_rescale=True)
+  out, variables = jax.eval_shape(
+      lambda: variant.init_with_output(jax.random.key(0), *inputs, train=False))
+  chex.assert_shape(out, inputs[0].shape)
+  chex.assert_shape(variables["params"]["down_0_downsample"]["kernel"], (3, 3, 8, 8))
+
+
+def test_rejects_bad_inputs(setup):
+  _, model, params, (z, logsnr, labels) = setup
+  with pytest.raises(ValueError, match="divisible by 2"):
+    model.apply({"params": params}, z[:, :15, :15], logsnr, labels, train=False)
+  with pytest.raises(AssertionError):
+    model.apply({"params": params}, z, logsnr[:2], labels, train=False)
+  with pytest.raises(AssertionError):
+    model.apply({"params": params}, z, logsnr, labels.astype(jnp.float32), train=False)
+
+
+def test_satisfies_the_sampler_apply_contract(setup):
+  config, model, params, _ = setup
+  apply_fn = models.make_apply_fn(model)
+  sample_fn = sampling.make_sample_fn(apply_fn, shape=(16, 16, 3), num_steps=3,
+                                      null_label=config.data.num_classes)
+  x = sample_fn(params, jax.random.key(0), jnp.array([0, 2], jnp.int32), 1.)
+  chex.assert_shape(x, (2, 16, 16, 3))
+  chex.assert_tree_all_finite(x)
