@@ -63,6 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
   training.max_to_keep = 3
   training.log_every = 100
   training.sample_every = 2000
+  training.nonfinite = "stop"  # NaN/inf loss or gradient: stop, or skip the step's update
 
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.v = 0.3
@@ -153,6 +154,7 @@ RULES = {
     "training.max_to_keep": _int_at_least(1),
     "training.log_every": _int_at_least(1),
     "training.sample_every": _int_at_least(1),
+    "training.nonfinite": _one_of("stop", "skip"),
     "sampling.v": _real_in(0, 1),
     "sampling.num_steps": _int_at_least(1),
     "sampling.w": ((lambda x: isinstance(x, (tuple, list)) and len(x) > 0
@@ -219,11 +221,9 @@ def _validate_relations(config: ml_collections.ConfigDict, num_devices: int) -> 
     if res not in resolutions:
       raise ValueError(f"config.model.attn_resolutions has {res}, which is not one of the UNet's "
                        f"resolutions {resolutions} for image_size={d.image_size}.")
+  for res in set(m.attn_resolutions) | {resolutions[-1]}:  # the middle block always attends
     ch = m.ch * m.ch_mult[resolutions.index(res)]
     if ch % (m.num_heads if m.num_head_channels == -1 else m.num_head_channels):
       raise ValueError(f"At resolution {res} the UNet has {ch} channels, which "
                        f"config.model.num_heads={m.num_heads} / num_head_channels="
                        f"{m.num_head_channels} does not split into whole heads.")
-  if m.name == "classifier" and 8 not in resolutions:
-    raise ValueError(f"The classifier pools at 8x8: config.data.image_size={d.image_size} with "
-                     f"config.model.ch_mult={tuple(m.ch_mult)} never reaches it ({resolutions}).")

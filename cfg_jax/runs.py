@@ -1,0 +1,134 @@
+"""A trained run: restore it, build its sampler, sample in device batches, write outputs.
+
+Shared by the sample and evaluate CLIs and by the training loop's sample grids.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+from typing import Any, Sequence
+
+from etils import epath
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+
+from cfg_jax import checkpointing
+from cfg_jax import config_lib
+from cfg_jax import input_pipeline
+from cfg_jax import models
+from cfg_jax import parallel
+from cfg_jax import sampling
+from cfg_jax import visualization
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """A trained run: its config, model and restored EMA params."""
+  config: ml_collections.ConfigDict
+  model: Any
+  params: Any
+  step: int
+
+
+def load_run(workdir: epath.PathLike) -> Run:
+  """Restores the config and the latest EMA params of a training run, replicated."""
+  config = checkpointing.load_config(workdir)
+  config_lib.validate(config)
+  model = models.create_model(config)
+  checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=config.training.max_to_keep)
+  step = checkpointer.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"--workdir={workdir} has no checkpoint yet.")
+  mesh = parallel.data_mesh()
+  abstract = checkpointing.abstract_like(models.param_shapes(model, config),
+                                         parallel.replicated(mesh))
+  params = checkpointer.restore_params(step, abstract, config)
+  checkpointer.close()
+  return Run(config, model, params, step)
+
+
+def make_labels(num_classes: int, *, num_samples: int | None = None,
+                per_class: int | None = None, labels: Sequence[int] | None = None) -> np.ndarray:
+  """int32 labels: explicit ones, `per_class` of each class, or `num_samples` spread evenly."""
+  if sum(x is not None for x in (num_samples, per_class, labels)) != 1:
+    raise ValueError("Give exactly one of --num_samples, --per_class or --labels.")
+  if labels is not None:
+    labels = np.asarray(labels, np.int64)
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if labels.size == 0 or bad.size:
+      raise ValueError(f"--labels must be a non-empty list of classes in [0, {num_classes}), "
+                       f"got {bad[:5].tolist() or 'none'}.")
+    return labels.astype(np.int32)
+  if per_class is not None:
+    if per_class < 1:
+      raise ValueError(f"--per_class must be >= 1, got {per_class}.")
+    return np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
+  if num_samples < 1:
+    raise ValueError(f"--num_samples must be >= 1, got {num_samples}.")
+  return (np.arange(num_samples) % num_classes).astype(np.int32)
+
+
+def make_run_sample_fn(run: Run, *, num_steps: int, v: float | None = None,
+                       sampler: str | None = None, clip_x: bool | None = None,
+                       guidance_interval: tuple[float, float] | None = None,
+                       classifier: Run | None = None, condition_model: bool = True) -> Any:
+  """`make_sample_fn` for a restored run; None options default to the run's sampling config."""
+  config = run.config
+  s = config.sampling
+  classifier_fn = None
+  if classifier is not None:
+    classifier_fn = lambda p, z, logsnr: classifier.model.apply({"params": p}, z, logsnr,
+                                                                train=False)
+  return sampling.make_sample_fn(
+      models.make_apply_fn(run.model), shape=input_pipeline.example_shape(config),
+      num_steps=num_steps, null_label=config.data.num_classes,
+      v=s.v if v is None else v, logsnr_min=config.diffusion.logsnr_min,
+      logsnr_max=config.diffusion.logsnr_max, prediction=config.diffusion.prediction,
+      sampler=s.sampler if sampler is None else sampler,
+      clip_x=s.clip_x if clip_x is None else clip_x, guidance_interval=guidance_interval,
+      classifier_fn=classifier_fn, condition_model=condition_model)
+
+
+def sample_in_batches(sample_fn, params, labels: np.ndarray, *, w: float | None,
+                      batch_size: int, seed: int, classifier_params: Any = None,
+                      classifier_scale: float | None = None, progress: bool = True
+                      ) -> np.ndarray:
+  """Samples for all labels, `batch_size` at a time, each batch sharded over the devices.
+
+  The last batch is padded to batch_size (so every call has one shape and one compile)
+  and the padding dropped. Batch k uses rng fold_in(PRNGKey(seed), k).
+  """
+  mesh = parallel.data_mesh()
+  sharding = parallel.batch_sharded(mesh) if batch_size % jax.device_count() == 0 else (
+      parallel.replicated(mesh))
+  out = []
+  starts = range(0, len(labels), batch_size)
+  for k, start in enumerate(tqdm.tqdm(starts, desc=f"w={w}", disable=not progress)):
+    chunk = labels[start:start + batch_size]
+    padded = np.pad(chunk, (0, batch_size - len(chunk)))
+    kwargs = {}
+    if classifier_scale is not None:
+      kwargs = dict(classifier_params=classifier_params, classifier_scale=classifier_scale)
+    x = sample_fn(params, jax.random.fold_in(jax.random.PRNGKey(seed), k),
+                  jax.device_put(jnp.asarray(padded), sharding), w, **kwargs)
+    out.append(parallel.to_host(x)[:len(chunk)])
+  return np.concatenate(out)
+
+
+def write_samples(x: np.ndarray, labels: np.ndarray, out: epath.Path, name: str, *,
+                  num_classes: int, title: str = "") -> None:
+  """`<name>.png` (one row per class) and `<name>.npz` (uint8 images or float points)."""
+  out.mkdir(parents=True, exist_ok=True)
+  visualization.save_samples(x, labels, out / f"{name}.png", num_classes=num_classes,
+                             title=title)
+  arrays = {"labels": labels}
+  if x.ndim == 4:
+    arrays["images"] = visualization.to_uint8(x)
+  else:
+    arrays["points"] = x.astype(np.float32)
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  (out / f"{name}.npz").write_bytes(buffer.getvalue())

@@ -1,0 +1,43 @@
+"""Tests of restoring a run and sampling it in device batches."""
+import jax
+import numpy as np
+import pytest
+
+from cfg_jax import runs
+from cfg_jax import train
+from cfg_jax import train_test
+
+
+def test_make_labels():
+  np.testing.assert_array_equal(runs.make_labels(3, num_samples=7), [0, 1, 2, 0, 1, 2, 0])
+  np.testing.assert_array_equal(runs.make_labels(3, per_class=2), [0, 0, 1, 1, 2, 2])
+  np.testing.assert_array_equal(runs.make_labels(3, labels=[2, 2, 0]), [2, 2, 0])
+  with pytest.raises(ValueError, match=r"--labels must be .* classes in \[0, 3\), got \[3\]"):
+    runs.make_labels(3, labels=[0, 3])
+  with pytest.raises(ValueError, match="exactly one of"):
+    runs.make_labels(3, num_samples=4, per_class=1)
+  with pytest.raises(ValueError, match="--num_samples must be >= 1"):
+    runs.make_labels(3, num_samples=0)
+
+
+def test_load_run_and_sample_in_batches(tmp_path):
+  config = train_test.toy_config(num_steps=4)
+  train.train_and_evaluate(config, str(tmp_path))
+  run = runs.load_run(tmp_path)
+  assert run.step == 4 and run.config.model.mlp_hidden == 64
+  _, _, state = train_test.final_state(tmp_path)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(run.params), state["ema_params"])
+  sample_fn = runs.make_run_sample_fn(run, num_steps=4)
+  labels = runs.make_labels(3, num_samples=10)
+  x = runs.sample_in_batches(sample_fn, run.params, labels, w=1., batch_size=4, seed=0,
+                             progress=False)
+  assert x.shape == (10, 2) and np.all(np.isfinite(x))
+  # Batching is deterministic: the same call gives the same samples.
+  again = runs.sample_in_batches(sample_fn, run.params, labels, w=1., batch_size=4, seed=0,
+                                 progress=False)
+  np.testing.assert_array_equal(x, again)
+
+
+def test_load_run_of_a_folder_that_is_not_a_run(tmp_path):
+  with pytest.raises(FileNotFoundError, match="is not a cfg_jax training run"):
+    runs.load_run(tmp_path)

@@ -1,0 +1,331 @@
+r"""Algorithm 1 of Ho & Salimans: joint conditional/unconditional training, data parallel.
+
+    python -m cfg_jax.train --config=configs/mnist.py --workdir=runs/mnist \
+        [--config.training.batch_size=64 ...]
+
+Parallelism. The train step is written for the global batch and compiled with `jax.jit`
+over a one-axis `Mesh` of every device (`data`): the batch is sharded over `data`, the
+state is replicated. This is the pmap programming model with the collectives written by
+XLA: each device runs the step on its rows and the gradient mean over the batch becomes
+the all-reduce that `lax.pmean(grads, "data")` would be under `jax.pmap`. All randomness
+(∅ dropout of labels, λ, ε, network dropout) is drawn for the global batch, so a run on
+4 devices computes what a run on 1 device computes. On several hosts each host feeds
+only its rows of the global batch (`input_pipeline`), after `jax.distributed.initialize()`.
+
+A run is a pure function of (config, step): the data of step t and the randomness of
+step t depend only on (seed, t), so a run resumed from a checkpoint continues exactly
+as an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import functools
+import signal
+import time
+from typing import Any
+
+from absl import app
+from absl import flags
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+from etils import epath
+import flax
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+import ml_collections
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+
+from cfg_jax import checkpointing
+from cfg_jax import config_lib
+from cfg_jax import diffusion
+from cfg_jax import input_pipeline
+from cfg_jax import models
+from cfg_jax import parallel
+from cfg_jax import runtime
+from cfg_jax import runs
+from cfg_jax import schedules
+from cfg_jax import visualization
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped on SIGTERM after saving; rerun to resume.
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a resumed run needs besides the config."""
+  step: jax.Array
+  params: Any
+  ema_params: Any
+  opt_state: Any
+  rng: jax.Array  # the run's base key; step t uses fold_in(rng, t)
+  nonfinite_steps: jax.Array  # steps whose loss or gradient was NaN/inf (their update skipped)
+  first_nonfinite_step: jax.Array  # -1 while there is none
+
+
+def create_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation,
+                                                               optax.Schedule]:
+  """Adam(W) with linear warmup to a constant rate, after clipping the global gradient norm."""
+  t = config.training
+  schedule = optax.join_schedules(
+      [optax.linear_schedule(0., t.learning_rate, max(t.warmup_steps, 1)),
+       optax.constant_schedule(t.learning_rate)], [max(t.warmup_steps, 1)])
+  tx = optax.chain(optax.clip_by_global_norm(t.grad_clip_norm),
+                   optax.adamw(schedule, b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps,
+                               weight_decay=t.weight_decay))
+  return tx, schedule
+
+
+def create_train_state(config: ml_collections.ConfigDict, model: Any,
+                       tx: optax.GradientTransformation) -> TrainState:
+  """A fresh state: initialized params, EMA = params, optimizer state, base rng."""
+  rng = jax.random.PRNGKey(config.seed)
+  params = models.init_params(model, jax.random.fold_in(rng, 0), config)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+                    opt_state=tx.init(params), rng=rng, nonfinite_steps=jnp.zeros((), jnp.int32),
+                    first_nonfinite_step=jnp.full((), -1, jnp.int32))
+
+
+def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
+  """min(decay, (1 + t) / (10 + t)): early EMA follows the live weights, then settles at decay."""
+  step = step.astype(jnp.float32)
+  return jnp.minimum(decay, (1. + step) / (10. + step))
+
+
+def diffusion_loss(params, model, batch, rng, config) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Algorithm 1: c ← ∅ w.p. p_uncond, λ ~ p(λ), ε ~ N(0, I), ‖ε_θ(z_λ, c) − ε‖² (mean)."""
+  x, labels = batch["x"], batch["label"]
+  k_uncond, k_logsnr, k_eps, k_dropout = jax.random.split(rng, 4)
+  uncond = jax.random.bernoulli(k_uncond, config.training.p_uncond, labels.shape)
+  labels = jnp.where(uncond, config.data.num_classes, labels)
+  logsnr = schedules.sample_logsnr(k_logsnr, labels.shape, logsnr_min=config.diffusion.logsnr_min,
+                                   logsnr_max=config.diffusion.logsnr_max)
+  eps = jax.random.normal(k_eps, x.shape, jnp.float32)
+  z = diffusion.q_sample(x, logsnr, eps)
+  out = model.apply({"params": params}, z, logsnr, labels, train=True,
+                    rngs={"dropout": k_dropout})
+  target = diffusion.prediction_target(x, eps, logsnr, prediction=config.diffusion.prediction)
+  loss = jnp.mean(jnp.square(out - target))
+  return loss, {"loss": loss}
+
+
+def classifier_loss(params, model, batch, rng, config) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Cross-entropy of p_φ(c | z_λ, λ) with λ ~ p(λ), the diffusion model's own p(λ)."""
+  x, labels = batch["x"], batch["label"]
+  k_logsnr, k_eps, k_dropout = jax.random.split(rng, 3)
+  logsnr = schedules.sample_logsnr(k_logsnr, labels.shape, logsnr_min=config.diffusion.logsnr_min,
+                                   logsnr_max=config.diffusion.logsnr_max)
+  z = diffusion.q_sample(x, logsnr, jax.random.normal(k_eps, x.shape, jnp.float32))
+  logits = model.apply({"params": params}, z, logsnr, train=True, rngs={"dropout": k_dropout})
+  loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+  return loss, {"loss": loss, "accuracy": accuracy}
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Any,
+               tx: optax.GradientTransformation, schedule: optax.Schedule,
+               config: ml_collections.ConfigDict) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step on the global batch, then the EMA update.
+
+  A step whose loss or gradient is not finite changes nothing but the step and the
+  non-finite counters, so the state (and every checkpoint of it) stays finite.
+  """
+  loss_fn = classifier_loss if config.model.name == "classifier" else diffusion_loss
+  rng = jax.random.fold_in(state.rng, state.step)
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params, model, batch, rng, config)
+  grad_norm = optax.global_norm(grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  decay = ema_decay_at(state.step, config.training.ema_decay)
+  ema_params = jax.tree.map(lambda e, p: decay * e + (1. - decay) * p, state.ema_params, params)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  new_state = state.replace(
+      step=state.step + 1, params=keep(params, state.params),
+      ema_params=keep(ema_params, state.ema_params), opt_state=keep(opt_state, state.opt_state),
+      nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
+      first_nonfinite_step=jnp.where(~finite & (state.first_nonfinite_step < 0), state.step,
+                                     state.first_nonfinite_step))
+  metrics |= {"grad_norm": grad_norm, "learning_rate": schedule(state.step)}
+  return new_state, metrics
+
+
+class NonFiniteError(RuntimeError):
+  """The loss or gradient became NaN/inf and config.training.nonfinite is 'stop'."""
+
+
+class _Preemption:
+  """Whether to stop for preemption after a step: SIGTERM, agreed on by every host.
+
+  One host: a SIGTERM handler sets a flag. Several hosts: jax's preemption sync point,
+  which the coordination service triggers on SIGTERM, returns True on all hosts at the
+  same step, so that they all save that step.
+  """
+
+  def __init__(self):
+    self._requested = False
+    self._multihost = jax.process_count() > 1
+    if not self._multihost:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self._requested = True
+
+  def reached(self, step: int) -> bool:
+    if self._multihost:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._requested
+
+  def restore(self):
+    if not self._multihost:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def check_finite(state: TrainState, config: ml_collections.ConfigDict,
+                 checkpointer: checkpointing.Checkpointer) -> int:
+  """The number of skipped non-finite steps; raises NonFiniteError if that is not allowed."""
+  skipped = int(state.nonfinite_steps)
+  if skipped and config.training.nonfinite == "stop":
+    raise NonFiniteError(
+        f"Non-finite loss or gradient at step {int(state.first_nonfinite_step)}; stopping "
+        f"without saving. The last good checkpoint (step {checkpointer.latest_step()}) in "
+        f"{checkpointer.directory} is intact. Lower config.training.learning_rate, or set "
+        f"config.training.nonfinite='skip' to skip such steps.")
+  return skipped
+
+
+def write_samples(config: ml_collections.ConfigDict, model: Any, ema_params: Any,
+                  workdir: epath.Path, step: int) -> None:
+  """A PNG grid (one row per class) of EMA samples per w of config.sampling.w."""
+  if config.model.name == "classifier":
+    return
+  s = config.sampling
+  run = runs.Run(config, model, ema_params, step)
+  sample_fn = runs.make_run_sample_fn(run, num_steps=s.num_steps)
+  classes = min(config.data.num_classes, s.grid_classes)
+  labels = np.repeat(np.arange(classes, dtype=np.int32), s.num_per_class)
+  for w in s.w:
+    x = runs.sample_in_batches(sample_fn, ema_params, labels, w=float(w),
+                                     batch_size=len(labels), seed=config.seed, progress=False)
+    if jax.process_index() == 0:
+      visualization.save_samples(x, labels, workdir / "samples" / f"step_{step:08d}_w{w:g}.png",
+                                 num_classes=classes, title=f"step {step}, w={w:g}")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> int:
+  """Trains to config.training.num_steps in `workdir`, resuming from its latest checkpoint.
+
+  Returns the process exit code: 0 when done, PREEMPTED_EXIT_CODE after a SIGTERM.
+  """
+  config_lib.validate(config, num_devices=jax.device_count())
+  workdir = epath.Path(workdir)
+  t = config.training
+  dataset = input_pipeline.create_dataset(config)
+  model = models.create_model(config)
+  tx, schedule = create_optimizer(config)
+
+  mesh = parallel.data_mesh()
+  replicated, data_sharding = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+
+  init = functools.partial(create_train_state, config, model, tx)
+  checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=t.max_to_keep)
+  latest = checkpointer.latest_step()
+  if latest is None:
+    state = jax.jit(init, out_shardings=replicated)()
+  else:
+    abstract = checkpointing.abstract_like(jax.eval_shape(init), replicated)
+    state, _ = checkpointer.restore(latest, abstract, config)
+    logging.info("Resumed from %s at step %d.", checkpointer.directory, latest)
+  checkpointing.save_config(workdir, config)  # after the restore, which may refuse the workdir
+  step = int(state.step)
+
+  p_train_step = jax.jit(
+      functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=config),
+      in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
+      donate_argnums=(0,))
+
+  writer = metric_writers.create_default_writer(
+      workdir / "tensorboard", just_logging=jax.process_index() > 0)
+  if step == 0:
+    writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
+  report = periodic_actions.ReportProgress(num_train_steps=t.num_steps, writer=writer,
+                                           every_secs=None, every_steps=t.log_every)
+  meta = {"signature": checkpointing.signature(config)}
+  preemption = _Preemption()
+  pending_metrics, last_log = [], (time.perf_counter(), step)
+  exit_code = 0
+  try:
+    for step, local_batch in dataset.iterate(step, batch_size=t.batch_size, stop_step=t.num_steps):
+      state, metrics = p_train_step(state, parallel.global_batch(local_batch, data_sharding))
+      pending_metrics.append(metrics)
+      done = step + 1
+      report(done)
+      preempted = preemption.reached(done)
+      last = done == t.num_steps
+      if done % t.log_every == 0 or last:
+        skipped = check_finite(state, config, checkpointer)
+        last_log = _log(writer, done, pending_metrics, last_log, t.batch_size, skipped)
+        pending_metrics = []
+      if done % t.checkpoint_every == 0 or last or preempted:
+        check_finite(state, config, checkpointer)
+        checkpointer.save(done, state, meta | {"data_step": done})
+      if done % t.sample_every == 0 or last:
+        write_samples(config, model, state.ema_params, workdir, done)
+      if preempted:
+        logging.warning("Preempted (SIGTERM): saved step %d; exiting with code %d. Rerun the "
+                        "same command to resume.", done, PREEMPTED_EXIT_CODE)
+        exit_code = PREEMPTED_EXIT_CODE
+        break
+  finally:
+    checkpointer.wait()
+    checkpointer.close()
+    writer.flush()
+    preemption.restore()
+  return exit_code
+
+
+def _log(writer, step, metrics, last, batch_size, skipped):
+  """Writes the mean of the pending metrics, images/s and the skipped-step count.
+
+  Returns the new (time, step) mark. steps/s and the progress line with its ETA come
+  from clu's ReportProgress.
+  """
+  metrics = jax.device_get(metrics)
+  scalars = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
+  now = time.perf_counter()
+  scalars["images_per_sec"] = (step - last[1]) * batch_size / max(now - last[0], 1e-9)
+  scalars["skipped_nonfinite_steps"] = skipped
+  writer.write_scalars(step, scalars)
+  return now, step
+
+
+def _flatten(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out |= _flatten(v, f"{prefix}{k}.")
+    else:
+      out[f"{prefix}{k}"] = str(v) if isinstance(v, (tuple, list)) else v
+  return out
+
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/<name>.py).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples (local or gs://).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  runtime.set_up_process()
+  with runtime.one_line_errors("cfg_jax.train"):
+    return train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)

@@ -1,0 +1,203 @@
+"""Tests of the training loop: Algorithm 1, checkpoints and resume, devices, config errors."""
+import os
+import signal
+import subprocess
+import sys
+
+from etils import epath
+import jax
+import numpy as np
+import pytest
+
+from cfg_jax import checkpointing
+from cfg_jax import config_lib
+from cfg_jax import input_pipeline
+from cfg_jax import models
+from cfg_jax import train
+
+ROOT = epath.Path(__file__).parent.parent
+
+
+def toy_config(**training):
+  config = config_lib.base_config()
+  config.data.source, config.data.num_classes = "toy2d", 3
+  config.data.toy2d_num_examples = 2048
+  config.model.name, config.model.dropout = "mlp", 0.1
+  config.model.mlp_hidden, config.model.mlp_depth = 64, 2
+  config.training.update(num_steps=8, batch_size=16, log_every=4, checkpoint_every=4,
+                         sample_every=1000, warmup_steps=2, learning_rate=1e-3)
+  config.training.update(training)
+  config.sampling.update(num_steps=4, num_per_class=4, clip_x=False, w=(0., 1.))
+  return config
+
+
+def final_state(workdir):
+  """The params and EMA params of the latest checkpoint in workdir, as numpy."""
+  ckpt = checkpointing.Checkpointer(workdir, max_to_keep=10)
+  step = ckpt.latest_step()
+  meta = ckpt.restore_meta(step)
+  restored = ckpt._manager.restore(step, args=checkpointing.ocp.args.Composite(
+      state=checkpointing.ocp.args.StandardRestore(  # whatever device count wrote it
+          fallback_sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))))["state"]
+  ckpt.close()
+  return step, meta, jax.tree.map(np.asarray, restored)
+
+
+def test_train_writes_checkpoints_events_and_samples(tmp_path):
+  config = toy_config(num_steps=8, sample_every=8)
+  assert train.train_and_evaluate(config, str(tmp_path)) == 0
+  step, meta, state = final_state(tmp_path)
+  assert step == 8 and meta["data_step"] == 8 and int(state["step"]) == 8
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["4", "8"]
+  assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+  assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
+      "step_00000008_w0.png", "step_00000008_w1.png"]
+  # EMA lags the live weights.
+  live, ema = jax.tree.leaves(state["params"]), jax.tree.leaves(state["ema_params"])
+  assert any(not np.allclose(a, b) for a, b in zip(live, ema))
+
+
+def test_loss_falls(tmp_path):
+  config = toy_config(num_steps=300, batch_size=64, log_every=100, checkpoint_every=1000)
+  train.train_and_evaluate(config, str(tmp_path))
+  _, _, state = final_state(tmp_path)
+  model = models.create_model(config)
+  tx, _ = train.create_optimizer(config)
+  initial = train.create_train_state(config, model, tx).params
+  batch = input_pipeline.create_dataset(config).batch(0, batch_size=2048)
+  rng = jax.random.PRNGKey(1)
+  loss = lambda params: float(train.diffusion_loss(params, model, batch, rng, config)[0])
+  assert loss(state["ema_params"]) < 0.7 * loss(initial)
+
+
+def test_resume_gives_identical_parameters(tmp_path):
+  train.train_and_evaluate(toy_config(num_steps=8), str(tmp_path / "straight"))
+  train.train_and_evaluate(toy_config(num_steps=4), str(tmp_path / "resumed"))
+  train.train_and_evaluate(toy_config(num_steps=8), str(tmp_path / "resumed"))
+  _, _, straight = final_state(tmp_path / "straight")
+  _, _, resumed = final_state(tmp_path / "resumed")
+  jax.tree.map(np.testing.assert_array_equal, straight, resumed)
+
+
+def test_refuses_a_checkpoint_of_another_model(tmp_path):
+  train.train_and_evaluate(toy_config(num_steps=4), str(tmp_path))
+  config = toy_config(num_steps=8)
+  config.model.mlp_hidden = 32
+  with pytest.raises(ValueError, match=r"config.model.mlp_hidden: checkpoint has 64, config has 32"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_p_uncond_replaces_labels_with_null():
+  config = toy_config()
+  seen = {}
+
+  class Spy:
+    def apply(self, variables, z, logsnr, labels, **kwargs):
+      seen["labels"] = labels
+      return z
+
+  batch = {"x": np.zeros((20_000, 2), np.float32), "label": np.zeros((20_000,), np.int32)}
+  for p_uncond in (0., 0.2, 1.):
+    config.training.p_uncond = p_uncond
+    train.diffusion_loss(None, Spy(), batch, jax.random.PRNGKey(0), config)
+    null_rate = float(np.mean(np.asarray(seen["labels"]) == config.data.num_classes))
+    np.testing.assert_allclose(null_rate, p_uncond, atol=0.01)
+
+
+def _nan_loss(params, model, batch, rng, config, _loss=train.diffusion_loss):
+  loss, metrics = _loss(params, model, batch, rng, config)
+  return loss * np.nan, metrics
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+  train.train_and_evaluate(toy_config(num_steps=4), str(tmp_path))
+  _, _, good = final_state(tmp_path)
+  monkeypatch.setattr(train, "diffusion_loss", _nan_loss)
+  with pytest.raises(train.NonFiniteError, match=r"at step 4; .* checkpoint \(step 4\)"):
+    train.train_and_evaluate(toy_config(num_steps=8), str(tmp_path))
+  step, _, after = final_state(tmp_path)
+  assert step == 4
+  jax.tree.map(np.testing.assert_array_equal, good, after)
+
+
+def test_nonfinite_skip_leaves_the_parameters_unchanged(tmp_path, monkeypatch):
+  train.train_and_evaluate(toy_config(num_steps=4), str(tmp_path))
+  _, _, good = final_state(tmp_path)
+  monkeypatch.setattr(train, "diffusion_loss", _nan_loss)
+  config = toy_config(num_steps=8)
+  config.training.nonfinite = "skip"
+  train.train_and_evaluate(config, str(tmp_path))
+  step, _, after = final_state(tmp_path)
+  assert step == 8 and int(after["nonfinite_steps"]) == 4 and int(after["first_nonfinite_step"]) == 4
+  jax.tree.map(np.testing.assert_array_equal, good["params"], after["params"])
+  jax.tree.map(np.testing.assert_array_equal, good["ema_params"], after["ema_params"])
+
+
+def test_a_failed_checkpoint_write_stops_clearly_and_keeps_earlier_ones(tmp_path, monkeypatch):
+  train.train_and_evaluate(toy_config(num_steps=4), str(tmp_path))
+  _, _, good = final_state(tmp_path)
+
+  def full_disk(self, step, *args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(checkpointing.ocp.CheckpointManager, "save", full_disk)
+  with pytest.raises(checkpointing.CheckpointWriteError,
+                     match=r"step 8 .*No space left on device.*latest complete: step 4"):
+    train.train_and_evaluate(toy_config(num_steps=8), str(tmp_path))
+  monkeypatch.undo()
+  step, _, after = final_state(tmp_path)
+  assert step == 4
+  jax.tree.map(np.testing.assert_array_equal, good, after)
+
+
+def _cli(workdir, *overrides, env=None, **popen):
+  cmd = [sys.executable, "-m", "cfg_jax.train", f"--config={ROOT / 'configs' / 'toy2d.py'}",
+         f"--workdir={workdir}", "--config.training.batch_size=16",
+         "--config.training.log_every=2", "--config.training.sample_every=1000",
+         "--config.data.toy2d_num_examples=1024", "--config.sampling.num_steps=4", *overrides]
+  return subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def test_four_devices_match_one_device_and_overrides_apply(tmp_path):
+  runs = {}
+  for devices in (1, 4):
+    proc = _cli(tmp_path / str(devices), "--config.training.num_steps=6",
+                "--config.training.checkpoint_every=3",
+                env={"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"})
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    runs[devices] = final_state(tmp_path / str(devices))
+  assert runs[1][0] == runs[4][0] == 6  # --config.training.num_steps took effect
+  assert sorted(p.name for p in (tmp_path / "4" / "checkpoints").iterdir()) == ["3", "6"]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               runs[1][2], runs[4][2])
+
+
+def test_sigterm_saves_and_exits_with_the_preemption_code(tmp_path):
+  proc = _cli(tmp_path, "--config.training.num_steps=100000",
+              "--config.training.checkpoint_every=100000")
+  for line in proc.stdout:  # wait until training runs: the first metrics line
+    if "grad_norm=" in line:
+      break
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == train.PREEMPTED_EXIT_CODE, out
+  step, meta, state = final_state(tmp_path)
+  assert 2 <= step < 100000 and meta["data_step"] == step == int(state["step"])
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("training.p_uncond", 1.5, r"config.training.p_uncond=1.5 is invalid: it must be a number in \[0, 1\]"),
+    ("training.p_uncond", -0.1, r"config.training.p_uncond=-0.1"),
+    ("training.batch_size", 0, r"config.training.batch_size=0"),
+    ("data.source", "imagenet_typo_not_a_dataset", r"config.data.source"),
+    ("data.source", "folder:/nonexistent/cfg_jax", r"config.data.source"),
+])
+def test_invalid_config_fails_before_compiling(tmp_path, field, value, match):
+  config = toy_config()
+  group, name = field.split(".")
+  config[group][name] = value
+  with pytest.raises(ValueError, match=match):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert not (tmp_path / "checkpoints").exists()
