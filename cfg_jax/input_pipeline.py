@@ -35,6 +35,7 @@ import importlib.util
 import itertools
 import pathlib
 
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
@@ -369,9 +370,13 @@ def _toy2d(config: ml_collections.ConfigDict) -> tuple[Reader, int]:
   return _array_reader(x.astype(np.float32), labels, config.data.num_classes, (2,), "toy2d")
 
 
-def _folder_listing(source: str) -> tuple[list[pathlib.Path], np.ndarray, int]:
-  """(image files, their labels, number of classes) of `folder:<path>`; reads no image."""
-  root = pathlib.Path(source[len(FOLDER_PREFIX):]).expanduser()
+def _folder_listing(source: str) -> tuple[list[epath.Path], np.ndarray, int]:
+  """(image files, their labels, number of classes) of `folder:<path>`; reads no image.
+
+  The folder may be local or on Cloud Storage (gs://), hence epath, which lists a
+  tree with `walk` (one listing per folder) rather than `rglob`.
+  """
+  root = epath.Path(source[len(FOLDER_PREFIX):]).expanduser()
   if not root.is_dir():
     raise FileNotFoundError(f"config.data.source={source!r}: {root} is not an existing folder.")
   classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -380,8 +385,8 @@ def _folder_listing(source: str) -> tuple[list[pathlib.Path], np.ndarray, int]:
                      f"expected one sub-folder of images per class.")
   files, labels = [], []
   for label, folder in enumerate(classes):
-    images = sorted(p for p in folder.rglob("*")
-                    if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    images = sorted(dirpath / name for dirpath, _, names in folder.walk() for name in names
+                    if pathlib.PurePath(name).suffix.lower() in IMAGE_EXTENSIONS)
     if not images:
       raise ValueError(f"config.data.source={source!r}: class folder {folder} has no images "
                        f"(looked for {', '.join(IMAGE_EXTENSIONS)}).")
@@ -390,9 +395,9 @@ def _folder_listing(source: str) -> tuple[list[pathlib.Path], np.ndarray, int]:
   return files, np.array(labels), len(classes)
 
 
-def _decode_image(path: pathlib.Path, shape: tuple[int, ...]) -> np.ndarray:
+def _decode_image(path: epath.Path, shape: tuple[int, ...]) -> np.ndarray:
   size, _, channels = shape
-  with Image.open(path) as image:
+  with path.open("rb") as f, Image.open(f) as image:
     # exif_transpose: photos stored sideways carry their rotation in EXIF.
     image = ImageOps.exif_transpose(image).convert("L" if channels == 1 else "RGB")
   return _fit(np.asarray(image).reshape(image.height, image.width, channels), size)

@@ -34,7 +34,8 @@ SAMPLERS = ("stochastic", "ddim")
 
 
 def _is_concrete(x: Any) -> bool:
-  return not isinstance(x, jax.core.Tracer)
+  """Whether this host can read x's values: not a tracer, nor an array spread over hosts."""
+  return not isinstance(x, jax.core.Tracer) and getattr(x, "is_fully_addressable", True)
 
 
 def _check_options(*, shape, num_steps, null_label, v, logsnr_min, logsnr_max,

@@ -1,0 +1,123 @@
+r"""One process of tests/multihost_test.py: trains a small toy2d run and dumps what it saw.
+
+    python tests/multihost_worker.py WORKDIR OUT.npz
+
+Several processes when JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID
+are set: `runtime.set_up_process()` initializes jax.distributed from them, as on a
+cluster. The worker trains to RESUME_AT steps, then to NUM_STEPS in a second
+`train_and_evaluate` (a resume from the checkpoint), then restores the EMA params as
+`cfg_jax.sample` does. OUT.npz holds, for this process:
+  indices/labels/x     the dataset rows it read, one row of the array per step;
+  params/*, ema/*      its copy of the final parameters, in memory at the last save;
+  restored_ema/*       the EMA params `runs.load_run` restored from the checkpoint;
+  writes               the files under WORKDIR it wrote through epath (the metadata;
+                       array data goes through tensorstore and is not listed).
+
+The data and model are configs/toy2d.py, shrunk: the MNIST UNet compiles for minutes
+per process on two shared cores, and every process compiles each program twice.
+"""
+import importlib.util
+import pathlib
+import sys
+
+from etils import epath
+import jax
+import numpy as np
+
+from cfg_jax import checkpointing
+from cfg_jax import input_pipeline
+from cfg_jax import runs
+from cfg_jax import runtime
+from cfg_jax import train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESUME_AT, NUM_STEPS = 2, 3
+
+
+def small_toy2d_config():
+  """configs/toy2d.py with a small model, batch, dataset and sampler."""
+  spec = importlib.util.spec_from_file_location("toy2d_config", ROOT / "configs" / "toy2d.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.data.toy2d_num_examples = 1024
+  config.model.update(mlp_hidden=32, mlp_depth=2)
+  config.training.update(batch_size=16, warmup_steps=1, log_every=1, checkpoint_every=1,
+                         sample_every=1000)
+  # The sample grid at the last step runs on every process: keep it one small batch.
+  config.sampling.update(num_steps=2, w=(1.,), num_per_class=2)
+  return config
+
+
+def _spy(cls, name, record):
+  """Makes `cls.name(self, *args)` call `record(self, *args)` first."""
+  method = getattr(cls, name)
+
+  def wrapper(self, *args, **kwargs):
+    record(self, *args, **kwargs)
+    return method(self, *args, **kwargs)
+
+  setattr(cls, name, wrapper)
+
+
+def _local_copy(tree):
+  """This process's copy of replicated arrays: the data on its first device."""
+  return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), tree)
+
+
+def _flat(prefix, tree):
+  return {prefix + jax.tree_util.keystr(path): leaf
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _record_rows(rows):
+  """Wraps input_pipeline.create_dataset so that its reader logs the rows it reads."""
+  create = input_pipeline.create_dataset
+
+  def create_spying(config, **kwargs):
+    dataset = create(config, **kwargs)
+    read = dataset._read  # pylint: disable=protected-access
+
+    def spying_read(indices):
+      x, labels = read(indices)
+      rows.append((np.array(indices), np.array(labels), np.array(x)))
+      return x, labels
+
+    dataset._read = spying_read  # pylint: disable=protected-access
+    return dataset
+
+  input_pipeline.create_dataset = create_spying
+
+
+def main(workdir: str, out: str) -> None:
+  runtime.set_up_process()
+  workdir = epath.Path(workdir)
+  rows, writes, final = [], [], {}
+  _record_rows(rows)
+
+  def record_write(path, *args, **kwargs):
+    if str(path).startswith(f"{workdir}/"):
+      writes.append(str(path)[len(str(workdir)) + 1:])
+
+  for method in ("write_text", "write_bytes"):
+    _spy(type(workdir), method, record_write)
+  _spy(checkpointing.Checkpointer, "save", lambda self, step, state, meta: final.update(
+      step=step, params=_local_copy(state.params), ema=_local_copy(state.ema_params)))
+
+  config = small_toy2d_config()
+  for num_steps in (RESUME_AT, NUM_STEPS):
+    config.training.num_steps = num_steps
+    assert train.train_and_evaluate(config, str(workdir)) == 0
+  restored = runs.load_run(workdir)
+  assert final["step"] == restored.step == NUM_STEPS, (final["step"], restored.step)
+
+  indices, labels, x = (np.stack(a) for a in zip(*rows))
+  np.savez(out, indices=indices, labels=labels, x=x, writes=np.array(sorted(writes), str),
+           process_index=jax.process_index(), process_count=jax.process_count(),
+           device_count=jax.device_count(),
+           **_flat("params", final["params"]), **_flat("ema", final["ema"]),
+           **_flat("restored_ema", _local_copy(restored.params)))
+
+
+if __name__ == "__main__":
+  main(*sys.argv[1:])
