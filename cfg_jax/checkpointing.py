@@ -127,13 +127,8 @@ def load_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
   if not path.exists():
     raise FileNotFoundError(f"--workdir={workdir} holds no {CONFIG_FILE}: it is not a cfg_jax "
                             f"training run (python -m cfg_jax.train writes one).")
-  config = ml_collections.ConfigDict(json.loads(path.read_text()))
-  for group in config.values():  # JSON has lists where the config has tuples
-    if isinstance(group, ml_collections.ConfigDict):
-      for name, value in group.items():
-        if isinstance(value, list):
-          group[name] = tuple(value)
-  return config
+  # JSON turns the config's tuples into lists, which config_lib.validate accepts alike.
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def check_signature(saved: dict[str, Any], current: dict[str, Any], where: Any) -> None:

@@ -72,12 +72,12 @@ def one_line_errors(program: str) -> Iterator[None]:
 
   Bad inputs raise ValueError/FileNotFoundError naming the field; a failed checkpoint
   write or a diverged run raise their own OSError/RuntimeError subclasses. The traceback
-  still goes to the INFO log for whoever debugs.
+  is logged at DEBUG level (`--verbosity=1`) for whoever debugs.
   """
   try:
     yield
   except (ValueError, OSError, RuntimeError) as e:
-    logging.info("Traceback of the error below:", exc_info=True)
+    logging.debug("Traceback of the error below:", exc_info=True)
     print(f"{program}: error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
 

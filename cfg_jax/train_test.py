@@ -174,6 +174,13 @@ def test_four_devices_match_one_device_and_overrides_apply(tmp_path):
                runs[1][2], runs[4][2])
 
 
+def test_unknown_override_key_is_refused(tmp_path):
+  proc = _cli(tmp_path, "--config.training.p_uncnod=0.2")
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode != 0 and 'Did you mean "p_uncond"' in out, out[-2000:]
+  assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
 def test_sigterm_saves_and_exits_with_the_preemption_code(tmp_path):
   proc = _cli(tmp_path, "--config.training.num_steps=100000",
               "--config.training.checkpoint_every=100000")
