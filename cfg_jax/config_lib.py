@@ -166,11 +166,12 @@ RULES = {
 }
 
 
-def _flat(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
+def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
+  """{"group.field": value} for every field of the config."""
   out = {}
   for key, value in config.items():
     if isinstance(value, ml_collections.ConfigDict):
-      out |= _flat(value, f"{prefix}{key}.")
+      out |= flatten(value, f"{prefix}{key}.")
     else:
       out[f"{prefix}{key}"] = value
   return out
@@ -183,7 +184,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None
   relations between fields (batch split over devices, image size against the UNet's
   downsampling, attention heads against channels, λ range).
   """
-  fields = _flat(config)
+  fields = flatten(config)
   unknown = sorted(set(fields) - set(RULES))
   if unknown:
     raise ValueError(f"Unknown config field(s) {['config.' + k for k in unknown]}; the fields "

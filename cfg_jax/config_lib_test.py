@@ -9,7 +9,7 @@ from cfg_jax import config_lib
 def test_base_config_is_valid_and_fully_covered_by_rules():
   config = config_lib.base_config()
   config_lib.validate(config)
-  assert set(config_lib._flat(config)) == set(config_lib.RULES)
+  assert set(config_lib.flatten(config)) == set(config_lib.RULES)
 
 
 @pytest.mark.parametrize("field,value", [

@@ -250,7 +250,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> int:
   writer = metric_writers.create_default_writer(
       workdir / "tensorboard", just_logging=jax.process_index() > 0)
   if step == 0:
-    writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
+    writer.write_hparams({k: str(v) if isinstance(v, (tuple, list)) else v
+                          for k, v in config_lib.flatten(config).items()})
   report = periodic_actions.ReportProgress(num_train_steps=t.num_steps, writer=writer,
                                            every_secs=None, every_steps=t.log_every)
   meta = {"signature": checkpointing.signature(config)}
@@ -300,16 +301,6 @@ def _log(writer, step, metrics, last, batch_size, skipped):
   scalars["skipped_nonfinite_steps"] = skipped
   writer.write_scalars(step, scalars)
   return now, step
-
-
-def _flatten(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out |= _flatten(v, f"{prefix}{k}.")
-    else:
-      out[f"{prefix}{k}"] = str(v) if isinstance(v, (tuple, list)) else v
-  return out
 
 
 FLAGS = flags.FLAGS
