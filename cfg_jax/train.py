@@ -209,7 +209,7 @@ def write_samples(config: ml_collections.ConfigDict, model: Any, ema_params: Any
   labels = np.repeat(np.arange(classes, dtype=np.int32), s.num_per_class)
   for w in s.w:
     x = runs.sample_in_batches(sample_fn, ema_params, labels, w=float(w),
-                                     batch_size=len(labels), seed=config.seed, progress=False)
+                               batch_size=len(labels), seed=config.seed, progress=False)
     if jax.process_index() == 0:
       visualization.save_samples(x, labels, workdir / "samples" / f"step_{step:08d}_w{w:g}.png",
                                  num_classes=classes, title=f"step {step}, w={w:g}")
@@ -273,7 +273,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> int:
       if done % t.checkpoint_every == 0 or last or preempted:
         check_finite(state, config, checkpointer)
         checkpointer.save(done, state, meta | {"data_step": done})
-      if done % t.sample_every == 0 or last:
+      if (done % t.sample_every == 0 or last) and not preempted:  # leave before the deadline
         write_samples(config, model, state.ema_params, workdir, done)
       if preempted:
         logging.warning("Preempted (SIGTERM): saved step %d; exiting with code %d. Rerun the "
