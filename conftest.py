@@ -6,6 +6,9 @@ import tempfile
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), "cfg_jax_test_xla_cache"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# epath picks its gs:// backend once per process: once a test imports TensorFlow (tfds)
+# it would pick tf.io.gfile, which tests/gcs_paths_test.py's fake bucket cannot intercept.
+os.environ.setdefault("EPATH_USE_TF", "false")
 
 import hypothesis  # noqa: E402  (imports after the environment above)
 import jax  # noqa: E402
