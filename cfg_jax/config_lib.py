@@ -21,6 +21,7 @@ def base_config() -> ml_collections.ConfigDict:
   data.channels = 1
   data.num_classes = 10
   data.random_flip = False
+  data.resize = False          # accept images of mixed sizes, center-cropping and resizing each
   data.tfds_data_dir = ""      # "" = tfds default
   data.tfds_split = "train"
   data.toy2d_num_examples = 100_000  # toy2d: fixed draws from the mixture, seeded by config.seed
@@ -117,6 +118,7 @@ RULES = {
     "data.channels": _one_of(1, 3),
     "data.num_classes": _int_at_least(1),
     "data.random_flip": _BOOL,
+    "data.resize": _BOOL,
     "data.tfds_data_dir": ((lambda x: isinstance(x, str)), "a path string ('' for the default)"),
     "data.tfds_split": ((lambda x: isinstance(x, str) and bool(x)), "a tfds split such as 'train'"),
     "data.toy2d_num_examples": _int_at_least(1),

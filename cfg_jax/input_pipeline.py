@@ -10,6 +10,10 @@ Sources, chosen by `config.data.source`:
 Images come out as float32 NHWC in [-1, 1]. A 28x28 image meets image_size 32 by padding
 with the background value -1 (the usual MNIST-at-32 convention, whatever the source);
 any other size is center-cropped to a square and area-resized (PIL's BOX filter).
+The images of a source must all have one size, unless `config.data.resize` is True
+(a folder of photos, imagenet2012): a stray image of another size is an error, not
+silently rescaled. In a folder read by random access, that error comes at the step that
+first reads the image.
 
 Order. Example positions form one endless stream in which epoch e is the permutation
 `np.random.default_rng([seed, 0, e])` of the dataset; the global batch of training step
@@ -395,18 +399,31 @@ def _folder_listing(source: str) -> tuple[list[epath.Path], np.ndarray, int]:
   return files, np.array(labels), len(classes)
 
 
-def _decode_image(path: epath.Path, shape: tuple[int, ...]) -> np.ndarray:
-  size, _, channels = shape
+def _open_image(path: epath.Path) -> Image.Image:
+  """The decoded image, upright (photos stored sideways carry their rotation in EXIF)."""
   with path.open("rb") as f, Image.open(f) as image:
-    # exif_transpose: photos stored sideways carry their rotation in EXIF.
-    image = ImageOps.exif_transpose(image).convert("L" if channels == 1 else "RGB")
+    return ImageOps.exif_transpose(image)
+
+
+def _decode_image(path: epath.Path, shape: tuple[int, ...],
+                  reference: tuple[epath.Path, tuple[int, int]] | None) -> np.ndarray:
+  """The image at path as uint8 `shape`; with a reference (file, (width, height)), the
+  image must have that size."""
+  size, _, channels = shape
+  image = _open_image(path).convert("L" if channels == 1 else "RGB")
+  if reference is not None and image.size != reference[1]:
+    (w, h), (ref_w, ref_h) = image.size, reference[1]
+    raise ValueError(f"config.data.source has images of mixed sizes: {path} is {w}x{h}, "
+                     f"{reference[0]} is {ref_w}x{ref_h}. Set config.data.resize=True to "
+                     f"center-crop and resize each image to data.image_size={size}.")
   return _fit(np.asarray(image).reshape(image.height, image.width, channels), size)
 
 
 def _folder(config: ml_collections.ConfigDict, shape: tuple[int, ...]) -> tuple[Reader, int]:
   files, labels, num_classes = _folder_listing(config.data.source)
   _check_num_classes(config, num_classes)
-  read = _example_reader(lambda i: (_decode_image(files[i], shape), labels[i]))
+  reference = None if config.data.resize else (files[0], _open_image(files[0]).size)
+  read = _example_reader(lambda i: (_decode_image(files[i], shape, reference), labels[i]))
   if _fits_in_memory(len(files), shape):
     return _array_reader(*read(np.arange(len(files))), config.data.num_classes, shape,
                          config.data.source)
@@ -429,6 +446,10 @@ def _tfds(config: ml_collections.ConfigDict, shape: tuple[int, ...]) -> tuple[Re
     raise ValueError(f"config.data.source={name!r} is not an image-classification dataset: "
                      f"it needs an 'image' and a ClassLabel 'label' feature, has {list(features)}.")
   _check_num_classes(config, features["label"].num_classes)
+  if None in features["image"].shape[:2] and not config.data.resize:
+    raise ValueError(f"config.data.source={name!r} has images of varying sizes "
+                     f"{features['image'].shape}; set config.data.resize=True to center-crop "
+                     f"and resize each to data.image_size={config.data.image_size}.")
   try:
     num_examples = builder.info.splits[split].num_examples
   except KeyError:  # split sizes are known only once the dataset is prepared

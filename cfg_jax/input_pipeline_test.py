@@ -91,7 +91,7 @@ def folder(tmp_path):
 @pytest.mark.parametrize("channels, red", [(3, [1., -1., -1.]), (1, [76 / 127.5 - 1.])])
 def test_folder_source(folder, channels, red):
   ds = _create(_config(source=f"folder:{folder}", num_classes=2, image_size=16,
-                       channels=channels))
+                       channels=channels, resize=True))
   batch = ds.batch(0, batch_size=6)
   assert (len(ds), ds.num_classes) == (6, 2)
   assert batch["x"].shape == (6, 16, 16, channels)
@@ -101,7 +101,8 @@ def test_folder_source(folder, channels, red):
 
 
 def test_folder_random_access_matches_in_memory(folder, monkeypatch):
-  config = _config(source=f"folder:{folder}", num_classes=2, image_size=8, random_flip=True)
+  config = _config(source=f"folder:{folder}", num_classes=2, image_size=8, random_flip=True,
+                   resize=True)
   in_memory = _create(config)
   monkeypatch.setattr(input_pipeline, "_MAX_IN_MEMORY_BYTES", 0)
   random_access = _create(config)
@@ -109,6 +110,28 @@ def test_folder_random_access_matches_in_memory(folder, monkeypatch):
     a, b = in_memory.batch(step, batch_size=4), random_access.batch(step, batch_size=4)
     np.testing.assert_array_equal(a["x"], b["x"])
     np.testing.assert_array_equal(a["label"], b["label"])
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_folder_of_mixed_sizes_is_refused_unless_resize(tmp_path, monkeypatch, in_memory):
+  for i, (h, w) in enumerate([(12, 12), (12, 12), (12, 20)]):
+    _write_image(tmp_path / "digits" / str(i % 2) / f"{i}.png", np.zeros((h, w), np.uint8))
+  if not in_memory:  # the odd image is met by the step that reads it
+    monkeypatch.setattr(input_pipeline, "_MAX_IN_MEMORY_BYTES", 0)
+  config = _config(source=f"folder:{tmp_path / 'digits'}", num_classes=2, image_size=8)
+  with pytest.raises(ValueError, match=r"mixed sizes: .*2\.png is 20x12, .*0\.png is 12x12\. "
+                                       r"Set config\.data\.resize=True"):
+    _create(config).batch(0, batch_size=3)
+  config.data.resize = True
+  assert _create(config).batch(0, batch_size=3)["x"].shape == (3, 8, 8, 1)
+
+
+def test_folder_of_one_size_needs_no_resize(tmp_path):
+  for i in range(4):
+    _write_image(tmp_path / "digits" / str(i % 2) / f"{i}.png", np.zeros((28, 28), np.uint8))
+  batch = _create(_config(source=f"folder:{tmp_path / 'digits'}", num_classes=2)).batch(
+      0, batch_size=4)
+  assert batch["x"].shape == (4, 32, 32, 1) and np.all(batch["x"] == -1.)
 
 
 def _fail(*args, **kwargs):
@@ -131,6 +154,10 @@ def test_tfds_variable_size_images_use_random_access(monkeypatch):
   monkeypatch.setattr(tfds, "load", _fail)
   config = _config(source="imagenet2012", num_classes=1000, image_size=16, channels=3)
   with tfds.testing.mock_data(num_examples=6):
+    with pytest.raises(ValueError, match=r"'imagenet2012' has images of varying sizes .* set "
+                                         r"config\.data\.resize=True"):
+      _create(config)
+    config.data.resize = True
     ds = _create(config)
     batch = ds.batch(0, batch_size=6)  # reads go through tfds.data_source
   assert len(ds) == 6 and batch["x"].shape == (6, 16, 16, 3)

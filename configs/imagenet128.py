@@ -9,7 +9,7 @@ from cfg_jax import config_lib
 def get_config():
   config = config_lib.base_config()
   config.data.update(source="imagenet2012", image_size=128, channels=3, num_classes=1000,
-                     random_flip=True)
+                     random_flip=True, resize=True)
   config.model.update(name="unet", ch=256, num_res_blocks=2, ch_mult=(1, 1, 2, 3, 4),
                       attn_resolutions=(32, 16, 8), num_heads=4, num_head_channels=-1,
                       dropout=0., resblock_updown=True, skip_rescale=False, dtype="bfloat16")
