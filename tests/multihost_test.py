@@ -3,10 +3,12 @@
 tests/multihost_worker.py runs three times at once: as processes 0 and 1 of one job
 (CPU collectives through gloo, 2 simulated devices each) and alone with 4 devices. Each
 trains the same run for a few steps, resumes it from its checkpoint and restores it
-for sampling, then dumps what it read, computed and wrote; the tests compare the dumps.
+for sampling, then trains without end until this test sends SIGTERM (to process 1 only,
+in the job), then dumps what it read, computed and wrote; the tests compare the dumps.
 """
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +19,7 @@ import pytest
 
 WORKER = pathlib.Path(__file__).with_name("multihost_worker.py")
 DEADLINE_SECS = 420  # every wait inside jax is bounded too; this bounds the whole job
+PREEMPT_AFTER = 5  # steps of the endless run each process reaches before the SIGTERM
 # Variables through which a CI machine's own cluster would reach jax or cfg_jax.runtime.
 _CLUSTER_PREFIXES = ("SLURM_", "OMPI_", "PMI_", "TPU_", "MEGASCALE_", "JAX_COORDINATOR",
                      "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "JAX_LOCAL_DEVICE_IDS",
@@ -36,11 +39,21 @@ def _env(devices: int, **extra) -> dict[str, str]:
                 "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"} | extra
 
 
-def _run_all(jobs: dict[str, tuple[list[str], dict[str, str]]], logs: pathlib.Path) -> None:
+def _step(progress: pathlib.Path) -> int:
+  try:
+    return int(progress.read_text() or -1)
+  except (FileNotFoundError, ValueError):  # not yet written, or caught mid-write
+    return -1
+
+
+def _run_all(jobs: dict[str, tuple[list[str], dict[str, str]]], logs: pathlib.Path,
+             preempt: dict[str, list[str]]) -> None:
   """Runs the commands at once; fails, after killing the rest, if one fails or all overrun.
 
-  A process of a distributed job whose peer died may wait for it: once any process
-  fails, the others are killed rather than awaited.
+  `preempt` maps a process to signal to the processes whose progress it waits for: once
+  each has reached PREEMPT_AFTER steps of the endless run, it gets SIGTERM. A process of
+  a distributed job whose peer died may wait for it: once any process fails, the others
+  are killed rather than awaited.
   """
   procs = {}
   for name, (cmd, env) in jobs.items():
@@ -54,6 +67,10 @@ def _run_all(jobs: dict[str, tuple[list[str], dict[str, str]]], logs: pathlib.Pa
       problem = f"{failed[0]} failed"
     elif time.monotonic() > deadline:
       problem = f"the processes overran {DEADLINE_SECS} s"
+    for name, waits_for in list(preempt.items()):
+      if all(_step(logs / f"{n}.progress") >= PREEMPT_AFTER for n in waits_for):
+        procs[name].send_signal(signal.SIGTERM)
+        del preempt[name]
     time.sleep(0.5)
   for p in procs.values():
     if p.poll() is None:
@@ -71,17 +88,18 @@ def dumps(tmp_path_factory):
   """{"p0", "p1", "single"}: the worker's dump from each process, plus their workdirs."""
   tmp = tmp_path_factory.mktemp("multihost")
   coordinator = f"127.0.0.1:{_free_port()}"
-  jobs = {"single": ([sys.executable, str(WORKER), str(tmp / "single"), str(tmp / "single.npz")],
-                     _env(4))}
+  args = lambda name, workdir: [sys.executable, str(WORKER), str(tmp / workdir),
+                                str(tmp / f"{name}.npz"), str(tmp / f"{name}.progress")]
+  jobs = {"single": (args("single", "single"), _env(4))}
   for i in range(2):
     # Each process compiles for itself: with a shared persistent compilation cache one
     # would load in seconds what the other compiles for longer, and gloo gives a peer
     # only 30 s to reach the first collective.
-    jobs[f"p{i}"] = ([sys.executable, str(WORKER), str(tmp / "job"), str(tmp / f"p{i}.npz")],
+    jobs[f"p{i}"] = (args(f"p{i}", "job"),
                      _env(2, JAX_COORDINATOR_ADDRESS=coordinator, JAX_NUM_PROCESSES="2",
                           JAX_PROCESS_ID=str(i), JAX_LOCAL_DEVICE_IDS="0,1",
                           JAX_COMPILATION_CACHE_DIR=str(tmp / f"xla_cache_p{i}")))
-  _run_all(jobs, tmp)
+  _run_all(jobs, tmp, preempt={"single": ["single"], "p1": ["p0", "p1"]})
   out = {name: dict(np.load(tmp / f"{name}.npz")) for name in jobs}
   out["workdirs"] = {"job": tmp / "job", "single": tmp / "single"}
   return out
@@ -139,3 +157,14 @@ def test_checkpoints_are_written_once_and_restored_by_both_processes(dumps):
   job, single = dumps["workdirs"]["job"], dumps["workdirs"]["single"]
   assert names(job / "checkpoints") == names(single / "checkpoints") == ["1", "2", "3"]
   assert names(job / "samples") == names(single / "samples")
+
+
+def test_sigterm_to_one_host_saves_one_agreed_step_on_every_host(dumps):
+  saved = {n: dumps[n]["preempted_saved_steps"].tolist() for n in ("p0", "p1", "single")}
+  for name, steps in saved.items():
+    assert dumps[name]["preempted_exit_code"] == 75, name
+    assert len(steps) == 1 and steps[0] >= PREEMPT_AFTER, (name, steps)
+  # Process 0 got no signal, yet saved the step at which process 1 stopped.
+  assert saved["p0"] == saved["p1"]
+  checkpoints = dumps["workdirs"]["job"].parent / "job_preempted" / "checkpoints"
+  assert sorted(p.name for p in checkpoints.iterdir()) == [str(saved["p0"][0])]

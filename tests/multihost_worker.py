@@ -1,17 +1,21 @@
 r"""One process of tests/multihost_test.py: trains a small toy2d run and dumps what it saw.
 
-    python tests/multihost_worker.py WORKDIR OUT.npz
+    python tests/multihost_worker.py WORKDIR OUT.npz PROGRESS
 
 Several processes when JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID
 are set: `runtime.set_up_process()` initializes jax.distributed from them, as on a
 cluster. The worker trains to RESUME_AT steps, then to NUM_STEPS in a second
 `train_and_evaluate` (a resume from the checkpoint), then restores the EMA params as
-`cfg_jax.sample` does. OUT.npz holds, for this process:
+`cfg_jax.sample` does. Last it starts an endless run in WORKDIR_preempted, writing each
+step it reaches to the file PROGRESS, until the test sends SIGTERM (to one process of
+the job). OUT.npz holds, for this process:
   indices/labels/x     the dataset rows it read, one row of the array per step;
   params/*, ema/*      its copy of the final parameters, in memory at the last save;
   restored_ema/*       the EMA params `runs.load_run` restored from the checkpoint;
   writes               the files under WORKDIR it wrote through epath (the metadata;
-                       array data goes through tensorstore and is not listed).
+                       array data goes through tensorstore and is not listed);
+  preempted_exit_code, preempted_saved_steps
+                       what the endless run returned and the steps it saved.
 
 The data and model are configs/toy2d.py, shrunk: the MNIST UNet compiles for minutes
 per process on two shared cores, and every process compiles each program twice.
@@ -89,7 +93,17 @@ def _record_rows(rows):
   input_pipeline.create_dataset = create_spying
 
 
-def main(workdir: str, out: str) -> None:
+def _run_until_preempted(config, workdir: str, progress: pathlib.Path) -> tuple[int, list[int]]:
+  """Trains "forever", reporting each step to `progress`: (exit code, steps saved)."""
+  saved = []
+  _spy(checkpointing.Checkpointer, "save", lambda self, step, state, meta: saved.append(step))
+  report = lambda self, step: progress.write_text(str(step))
+  _spy(train._Preemption, "reached", report)  # pylint: disable=protected-access
+  config.training.update(num_steps=10**6, checkpoint_every=10**6, log_every=10**6)
+  return train.train_and_evaluate(config, workdir + "_preempted"), saved
+
+
+def main(workdir: str, out: str, progress: str) -> None:
   runtime.set_up_process()
   workdir = epath.Path(workdir)
   rows, writes, final = [], [], {}
@@ -112,11 +126,13 @@ def main(workdir: str, out: str) -> None:
   assert final["step"] == restored.step == NUM_STEPS, (final["step"], restored.step)
 
   indices, labels, x = (np.stack(a) for a in zip(*rows))
-  np.savez(out, indices=indices, labels=labels, x=x, writes=np.array(sorted(writes), str),
-           process_index=jax.process_index(), process_count=jax.process_count(),
-           device_count=jax.device_count(),
-           **_flat("params", final["params"]), **_flat("ema", final["ema"]),
-           **_flat("restored_ema", _local_copy(restored.params)))
+  dump = dict(indices=indices, labels=labels, x=x, writes=np.array(sorted(writes), str),
+              process_index=jax.process_index(), process_count=jax.process_count(),
+              device_count=jax.device_count(),
+              **_flat("params", final["params"]), **_flat("ema", final["ema"]),
+              **_flat("restored_ema", _local_copy(restored.params)))
+  exit_code, saved = _run_until_preempted(config, str(workdir), pathlib.Path(progress))
+  np.savez(out, preempted_exit_code=exit_code, preempted_saved_steps=np.array(saved, int), **dump)
 
 
 if __name__ == "__main__":
