@@ -132,7 +132,9 @@ def make_sample_fn(apply_fn: ApplyFn, *, shape: tuple[int, ...], num_steps: int,
     classifier_scale=None) -> x` ([B, *shape] float32), or `(x, trajectory)`.
     labels: int [B]; w and classifier_scale: None, a float, a scalar or a [B] array.
     `sample_fn.lower` lowers the jitted core with the same arguments (AOT compilation,
-    cost analysis).
+    cost analysis). `sample_fn.loop` takes the same arguments and computes the same x
+    with a Python loop over a jitted step, one dispatch per step: slower, but the place
+    to inspect or stream each step.
   """
   _check_options(shape=shape, num_steps=num_steps, null_label=null_label, v=v,
                  logsnr_min=logsnr_min, logsnr_max=logsnr_max, prediction=prediction,
@@ -184,17 +186,24 @@ def make_sample_fn(apply_fn: ApplyFn, *, shape: tuple[int, ...], num_steps: int,
       z_next = mean + jnp.sqrt(var) * jax.random.normal(jax.random.fold_in(rng, i), z.shape)
     return jnp.where(i == num_steps - 1, x, z_next)
 
-  def sample(params, rng, labels, w, classifier):
+  def init(rng, labels):
+    """z_1 ~ N(0, I) and the key of the steps' noise."""
     rng_init, rng_steps = jax.random.split(rng)
-    z = jax.random.normal(rng_init, (labels.shape[0],) + shape, jnp.float32)
+    return jax.random.normal(rng_init, (labels.shape[0],) + shape, jnp.float32), rng_steps
 
-    def step(z, xs):
-      z_next = step_fn(params, classifier, labels, w, rng_steps, z, *xs)
+  def step(params, labels, w, classifier, rng_steps, z, i):
+    """Step i (traced) of the T steps."""
+    logsnr_t, logsnr_s, guide = (jnp.asarray(a)[i] for a in (logsnrs, logsnrs_next, guided))
+    return step_fn(params, classifier, labels, w, rng_steps, z, i, logsnr_t, logsnr_s, guide)
+
+  def sample(params, rng, labels, w, classifier):
+    z, rng_steps = init(rng, labels)
+
+    def body(z, i):
+      z_next = step(params, labels, w, classifier, rng_steps, z, i)
       return z_next, (z_next if return_trajectory else None)
 
-    xs = (jnp.arange(num_steps), jnp.asarray(logsnrs), jnp.asarray(logsnrs_next),
-          jnp.asarray(guided))
-    x, trajectory = jax.lax.scan(step, z, xs)
+    x, trajectory = jax.lax.scan(body, z, jnp.arange(num_steps))
     return (x, trajectory) if return_trajectory else x
 
   jitted = jax.jit(sample)
@@ -222,5 +231,20 @@ def make_sample_fn(apply_fn: ApplyFn, *, shape: tuple[int, ...], num_steps: int,
   def lower(params, rng, labels, w=None, *, classifier_params=None, classifier_scale=None):
     return jitted.lower(params, rng, *check(labels, w, classifier_params, classifier_scale))
 
+  jitted_init = jax.jit(init)
+  # z is donated: each step overwrites the last one's buffer (unless all are returned).
+  jitted_step = jax.jit(step, donate_argnums=() if return_trajectory else (5,))
+
+  def loop(params, rng, labels, w=None, *, classifier_params=None, classifier_scale=None):
+    checked = check(labels, w, classifier_params, classifier_scale)
+    z, rng_steps = jitted_init(rng, checked[0])
+    trajectory = []
+    for i in range(num_steps):
+      z = jitted_step(params, *checked, rng_steps, z, i)
+      if return_trajectory:
+        trajectory.append(z)
+    return (z, jnp.stack(trajectory)) if return_trajectory else z
+
   sample_fn.lower = lower
+  sample_fn.loop = loop
   return sample_fn

@@ -107,6 +107,18 @@ def test_trajectory_and_clipping():
   assert float(jnp.abs(x).max()) <= 1.
 
 
+@pytest.mark.parametrize("options", [dict(), dict(sampler="ddim", guidance_interval=(-5., 5.)),
+                                     dict(return_trajectory=True)])
+def test_python_loop_computes_what_the_scan_computes(options):
+  sample_fn = make_sample_fn(mixture_eps, shape=(2,), num_steps=12, null_label=NULL, **options)
+  rng, labels = jax.random.PRNGKey(7), _labels(4)
+  for w in (None, 2.):
+    chex.assert_trees_all_close(sample_fn.loop(None, rng, labels, w),
+                                sample_fn(None, rng, labels, w), atol=1e-6)
+  with pytest.raises(ValueError, match="w must be finite"):
+    sample_fn.loop(None, rng, labels, np.inf)
+
+
 def test_single_step_denoises_from_pure_noise():
   x = make_sample_fn(mixture_eps, shape=(2,), num_steps=1, null_label=NULL)(
       None, jax.random.PRNGKey(6), _labels(500), 0.)

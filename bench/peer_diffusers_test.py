@@ -1,0 +1,47 @@
+"""Tests of the diffusers peer: output shape and parameter count against our mnist UNet."""
+import importlib.util
+import pathlib
+
+import pytest
+
+pytest.importorskip("diffusers")
+torch = pytest.importorskip("torch")
+
+from bench import peer_diffusers  # pylint: disable=g-import-not-at-top
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _mnist_config():
+  spec = importlib.util.spec_from_file_location("mnist_config", ROOT / "configs" / "mnist.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _build(config):
+  m, d = config.model, config.data
+  return peer_diffusers.build_unet(
+      ch=m.ch, ch_mult=m.ch_mult, num_res_blocks=m.num_res_blocks,
+      attn_resolutions=m.attn_resolutions, num_head_channels=m.num_head_channels,
+      image_size=d.image_size, channels=d.channels, num_classes=d.num_classes,
+      dropout=m.dropout, resblock_updown=m.resblock_updown)
+
+
+def test_output_shape_with_null_label():
+  config = _mnist_config()
+  model = _build(config).eval()
+  d = config.data
+  z = torch.randn(2, d.channels, d.image_size, d.image_size)
+  labels = torch.tensor([3, d.num_classes])  # a class and ∅
+  with torch.inference_mode():
+    out = model(z, torch.tensor([10., 990.]), labels, return_dict=False)[0]
+  assert out.shape == z.shape
+
+
+def test_param_count_matches_ours():
+  from cfg_jax import models  # pylint: disable=g-import-not-at-top
+  config = _mnist_config()
+  ours = models.num_params(models.create_model(config), config)
+  peer = peer_diffusers.num_params(_build(config))
+  assert abs(peer - ours) <= 0.05 * ours, (peer, ours)
