@@ -5,9 +5,23 @@ field exists in every config and `--config.<group>.<field>=...` works for each o
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 
+from etils import epath
 import ml_collections
+
+
+def load_config_file(path: epath.PathLike, *, flag: str = "--config"
+                     ) -> ml_collections.ConfigDict:
+  """`get_config()` of a config file such as configs/mnist.py, passed as `flag`."""
+  path = epath.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"{flag}={path} does not exist.")
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def base_config() -> ml_collections.ConfigDict:

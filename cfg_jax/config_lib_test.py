@@ -1,5 +1,6 @@
 """Tests of the config schema and its validation."""
 import math
+import pathlib
 
 import pytest
 
@@ -65,3 +66,10 @@ def test_relations_between_fields(change, num_devices, match):
     config[group].update(values)
   with pytest.raises(ValueError, match=match):
     config_lib.validate(config, num_devices=num_devices)
+
+
+def test_load_config_file(tmp_path):
+  config = config_lib.load_config_file(pathlib.Path(__file__).parents[1] / "configs" / "mnist.py")
+  config_lib.validate(config, num_devices=1)
+  with pytest.raises(FileNotFoundError, match=r"--config=.*nope\.py does not exist"):
+    config_lib.load_config_file(tmp_path / "nope.py")

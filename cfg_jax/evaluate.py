@@ -31,7 +31,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
-import importlib.util
 import io
 import json
 import math
@@ -46,6 +45,7 @@ from ml_collections import config_flags
 import ml_collections
 import numpy as np
 
+from cfg_jax import config_lib
 from cfg_jax import feature_nets
 from cfg_jax import input_pipeline
 from cfg_jax import metrics
@@ -95,17 +95,6 @@ def check_options(*, ws: Sequence[float], num_samples: int, steps: int, k: int, 
     raise ValueError(f"--is_splits must lie in [1, --num_samples={num_samples}], got {is_splits}.")
 
 
-def load_config_file(path: epath.PathLike) -> ml_collections.ConfigDict:
-  """`get_config()` of a config file such as configs/mnist_eval_classifier.py."""
-  path = epath.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"--eval_classifier_config={path} does not exist.")
-  spec = importlib.util.spec_from_file_location(path.stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def make_feature_net(run_config: ml_collections.ConfigDict, *,
                      inception_weights: epath.PathLike | None,
                      eval_classifier_config: ml_collections.ConfigDict | None,
@@ -123,7 +112,8 @@ def make_feature_net(run_config: ml_collections.ConfigDict, *,
                      f"ImageNet are defined with the FID InceptionV3 "
                      f"({feature_nets.FID_INCEPTION_FILE}).")
   if eval_classifier_config is None:
-    eval_classifier_config = load_config_file(DEFAULT_EVAL_CLASSIFIER_CONFIG)
+    eval_classifier_config = config_lib.load_config_file(
+        DEFAULT_EVAL_CLASSIFIER_CONFIG, flag="--eval_classifier_config")
   return feature_nets.eval_classifier_net(eval_classifier_config, run_config,
                                           cache_root=eval_classifier_dir)
 

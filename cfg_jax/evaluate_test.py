@@ -80,7 +80,7 @@ def image_run(tmp_path_factory):
 
 
 def _tiny_eval_classifier_config():
-  config = evaluate.load_config_file(evaluate.DEFAULT_EVAL_CLASSIFIER_CONFIG)
+  config = config_lib.load_config_file(evaluate.DEFAULT_EVAL_CLASSIFIER_CONFIG)
   # feature_nets_test's network, so that the two tests share compiled programs.
   config.model.update(channels=(8,), features=16, dropout=0.)
   config.training.update(num_steps=30, batch_size=32, holdout=100)

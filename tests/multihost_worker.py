@@ -20,7 +20,6 @@ the job). OUT.npz holds, for this process:
 The data and model are configs/toy2d.py, shrunk: the MNIST UNet compiles for minutes
 per process on two shared cores, and every process compiles each program twice.
 """
-import importlib.util
 import pathlib
 import sys
 
@@ -29,6 +28,7 @@ import jax
 import numpy as np
 
 from cfg_jax import checkpointing
+from cfg_jax import config_lib
 from cfg_jax import input_pipeline
 from cfg_jax import runs
 from cfg_jax import runtime
@@ -40,10 +40,7 @@ RESUME_AT, NUM_STEPS = 2, 3
 
 def small_toy2d_config():
   """configs/toy2d.py with a small model, batch, dataset and sampler."""
-  spec = importlib.util.spec_from_file_location("toy2d_config", ROOT / "configs" / "toy2d.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = config_lib.load_config_file(ROOT / "configs" / "toy2d.py")
   config.data.toy2d_num_examples = 1024
   config.model.update(mlp_hidden=32, mlp_depth=2)
   config.training.update(batch_size=16, warmup_steps=1, log_every=1, checkpoint_every=1,

@@ -1,5 +1,4 @@
 """Fixtures of the models tests: the presets in configs/, tiny configs, random params."""
-import importlib.util
 import pathlib
 
 import jax
@@ -13,10 +12,7 @@ CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 
 
 def _load_preset(name):
-  spec = importlib.util.spec_from_file_location(f"configs.{name}", CONFIGS / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_lib.load_config_file(CONFIGS / f"{name}.py")
 
 
 def _tiny_config(name):
