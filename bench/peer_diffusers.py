@@ -1,6 +1,8 @@
 """The PyTorch peer of our benchmark: diffusers' `UNet2DModel` shaped as our ADM UNet, on CPU.
 
-    model = build_unet(**config.model, image_size=32, channels=1, num_classes=10)
+    model = build_unet(ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(16,),
+                       num_head_channels=32, image_size=32, channels=1, num_classes=10,
+                       dropout=0.1, resblock_updown=True)
     sampling_step_seconds(model, 16, guided=True, repeats=5, image_size=32, channels=1,
                           num_classes=10)
 

@@ -1,5 +1,4 @@
 """Tests of the diffusers peer: output shape and parameter count against our mnist UNet."""
-import importlib.util
 import pathlib
 
 import pytest
@@ -8,15 +7,14 @@ pytest.importorskip("diffusers")
 torch = pytest.importorskip("torch")
 
 from bench import peer_diffusers  # pylint: disable=g-import-not-at-top
+from cfg_jax import config_lib  # pylint: disable=g-import-not-at-top
+from cfg_jax import models  # pylint: disable=g-import-not-at-top
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+MNIST = pathlib.Path(__file__).resolve().parents[1] / "configs" / "mnist.py"
 
 
 def _mnist_config():
-  spec = importlib.util.spec_from_file_location("mnist_config", ROOT / "configs" / "mnist.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_lib.load_config_file(MNIST)
 
 
 def _build(config):
@@ -40,7 +38,6 @@ def test_output_shape_with_null_label():
 
 
 def test_param_count_matches_ours():
-  from cfg_jax import models  # pylint: disable=g-import-not-at-top
   config = _mnist_config()
   ours = models.num_params(models.create_model(config), config)
   peer = peer_diffusers.num_params(_build(config))

@@ -209,10 +209,28 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None
   if missing:
     raise ValueError(f"Missing config field(s) {['config.' + k for k in missing]}; start presets "
                      f"from cfg_jax.config_lib.base_config().")
-  for name, (check, allowed) in RULES.items():
-    if not check(fields[name]):
-      raise ValueError(f"config.{name}={fields[name]!r} is invalid: it must be {allowed}.")
+  for name in RULES:
+    _check_field(name, fields[name])
   _validate_relations(config, num_devices)
+
+
+def _check_field(name: str, value) -> None:
+  check, allowed = RULES[name]
+  if not check(value):
+    raise ValueError(f"config.{name}={value!r} is invalid: it must be {allowed}.")
+
+
+def example_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The shape of one example: (2,) for toy2d points, else (image_size, image_size, channels).
+
+  Reads only `config.data`, so that models and samplers need no data pipeline.
+  """
+  data = config.data
+  if data.source == "toy2d":
+    return (2,)
+  _check_field("data.image_size", data.image_size)
+  _check_field("data.channels", data.channels)
+  return (data.image_size, data.image_size, data.channels)
 
 
 def _validate_relations(config: ml_collections.ConfigDict, num_devices: int) -> None:

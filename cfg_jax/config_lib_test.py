@@ -73,3 +73,16 @@ def test_load_config_file(tmp_path):
   config_lib.validate(config, num_devices=1)
   with pytest.raises(FileNotFoundError, match=r"--config=.*nope\.py does not exist"):
     config_lib.load_config_file(tmp_path / "nope.py")
+
+
+def _data(**data):
+  config = config_lib.base_config()
+  config.data.update(data)
+  return config
+
+
+def test_example_shape_needs_no_data():
+  assert config_lib.example_shape(_data()) == (32, 32, 1)
+  assert config_lib.example_shape(_data(image_size=64, channels=3)) == (64, 64, 3)
+  assert config_lib.example_shape(_data(source="toy2d")) == (2,)
+  assert config_lib.example_shape(_data(source="folder:/does/not/exist")) == (32, 32, 1)

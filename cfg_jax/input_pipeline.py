@@ -47,6 +47,7 @@ from PIL import Image
 from PIL import ImageOps
 import tensorflow_datasets as tfds
 
+from cfg_jax import config_lib
 from cfg_jax.mixture import GaussianMixture
 
 Batch = dict[str, np.ndarray]
@@ -159,22 +160,6 @@ class Dataset:
       pool.shutdown(wait=False, cancel_futures=True)
 
 
-def example_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:
-  """The shape of one example, (2,) for toy2d else (image_size, image_size, channels).
-
-  Reads only `config.data`, no data, so model init and sampling can use it.
-  """
-  data = config.data
-  if data.source == "toy2d":
-    return (2,)
-  size = data.image_size
-  if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-    raise ValueError(f"config.data.image_size must be a positive int, got {size!r}.")
-  if data.channels not in (1, 3):
-    raise ValueError(f"config.data.channels must be 1 or 3, got {data.channels!r}.")
-  return (size, size, data.channels)
-
-
 def toy2d_mixture(config: ml_collections.ConfigDict) -> GaussianMixture:
   """The exact toy2d data distribution, e.g. for the Bayes-optimal ε of a test.
 
@@ -209,7 +194,7 @@ def create_dataset(config: ml_collections.ConfigDict, *, process_index: int | No
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   _check_batch_split(config.training.batch_size, process_count, "config.training.batch_size")
-  shape = example_shape(config)
+  shape = config_lib.example_shape(config)
   source = config.data.source
   if source == "mnist5k":
     read, size = _mnist5k(config, shape)

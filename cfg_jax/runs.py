@@ -17,7 +17,6 @@ import tqdm
 
 from cfg_jax import checkpointing
 from cfg_jax import config_lib
-from cfg_jax import input_pipeline
 from cfg_jax import models
 from cfg_jax import parallel
 from cfg_jax import sampling
@@ -83,7 +82,7 @@ def make_run_sample_fn(run: Run, *, num_steps: int, v: float | None = None,
     classifier_fn = lambda p, z, logsnr: classifier.model.apply({"params": p}, z, logsnr,
                                                                 train=False)
   return sampling.make_sample_fn(
-      models.make_apply_fn(run.model), shape=input_pipeline.example_shape(config),
+      models.make_apply_fn(run.model), shape=config_lib.example_shape(config),
       num_steps=num_steps, null_label=config.data.num_classes,
       v=s.v if v is None else v, logsnr_min=config.diffusion.logsnr_min,
       logsnr_max=config.diffusion.logsnr_max, prediction=config.diffusion.prediction,

@@ -1,7 +1,7 @@
 """Builds the networks from a config and exposes them in the forms the rest of the code uses.
 
 `create_model(config)` reads config.model (architecture, compute dtype) and
-config.data.num_classes; the shape of z is `input_pipeline.example_shape(config)`.
+config.data.num_classes; the shape of z is `config_lib.example_shape(config)`.
 `make_apply_fn(model)` is the sampler's contract `apply_fn(params, z, logsnr, labels) -> ε`.
 `param_shapes` and `num_params` go through `jax.eval_shape`, so they cost no memory for
 the weights.
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cfg_jax import input_pipeline
+from cfg_jax import config_lib
 from cfg_jax.models.classifier import Classifier
 from cfg_jax.models.mlp import MLP
 from cfg_jax.models.unet import UNet
@@ -49,7 +49,7 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
 def dummy_inputs(model: nn.Module, config: ml_collections.ConfigDict, *,
                  batch_size: int = 1) -> tuple[Array, ...]:
   """Zero inputs of the right shapes and dtypes: (z, logsnr[, labels]) for the model."""
-  z = jnp.zeros((batch_size,) + input_pipeline.example_shape(config), jnp.float32)
+  z = jnp.zeros((batch_size,) + config_lib.example_shape(config), jnp.float32)
   logsnr = jnp.zeros((batch_size,), jnp.float32)
   if isinstance(model, Classifier):
     return z, logsnr

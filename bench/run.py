@@ -1,0 +1,424 @@
+r"""The cfg_jax benchmark: guided sampling, training, compile time, FLOP/s, memory, diffusers.
+
+    pip install -e ".[bench]"     # adds torch 2.13.0 (CPU) and diffusers, for the peer
+    python -m bench.run           # the full run (about half an hour on 2 CPU cores)
+    python -m bench.run --quick   # the toy2d MLP, a minute: checks that the code runs
+
+Everything runs in ONE process, one measurement after another, so that every ratio
+compares two figures taken on the same machine in the same state. The output is a
+markdown table per section, the targets met or missed, and one line `BENCH_JSON {...}`
+holding every figure (also written to --out).
+
+A time is the median of --repeats calls after one untimed call (which compiles). A
+sampling time is per step: one call of a T-step sampler divided by T. Compile times are
+measured with jax's persistent compilation cache off.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import importlib.metadata
+import json
+import os
+import pathlib
+import platform
+import statistics
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from cfg_jax import config_lib
+from cfg_jax import models
+from cfg_jax import sampling
+from cfg_jax import schedules
+from cfg_jax import train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+W = 2.  # the guidance weight of every guided figure
+SAMPLING_STEPS = 4  # T of the per-step sampling figures
+LOOP_STEPS = 32  # T of scan vs Python loop
+COMPILE_STEPS = (16, 256, 1024)
+TARGETS = {  # name: (figure, bound), met when figure <= bound
+    "guided batched / unguided": 2.0, "guided batched / two-pass": 1.0,
+    "scan / Python loop": 1.0, "compile, largest T / T=16": 1.5,
+    "ours / diffusers, guided sampling step": 1.0, "ours / diffusers, training step": 1.0}
+
+
+def mnist_config() -> ml_collections.ConfigDict:
+  return config_lib.load_config_file(ROOT / "configs" / "mnist.py")
+
+
+def reduced64_config() -> ml_collections.ConfigDict:
+  """configs/imagenet64.py (3 channels, 1,000 classes, ch_mult 1-2-3-4) at 1/6 the width,
+  one residual block per level, attention at 16 and 8, float32: 4.8M parameters."""
+  config = config_lib.load_config_file(ROOT / "configs" / "imagenet64.py")
+  config.model.update(ch=32, num_res_blocks=1, attn_resolutions=(16, 8), num_head_channels=32,
+                      dtype="float32")
+  return config
+
+
+def toy2d_config() -> ml_collections.ConfigDict:
+  """--quick: the toy2d MLP, which compiles in seconds; its figures only show the code runs."""
+  return config_lib.load_config_file(ROOT / "configs" / "toy2d.py")
+
+
+class Network:
+  """A config's ε-network with initialized params, in the sampler's `apply_fn` form."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    self.model = models.create_model(config)
+    self.params = models.init_params(self.model, jax.random.PRNGKey(0), config)
+    self.apply_fn = models.make_apply_fn(self.model)
+    self.shape = config_lib.example_shape(config)
+    self.num_classes = config.data.num_classes
+    self.num_params = models.count_params(self.params)
+
+  def labels(self, batch_size: int) -> jax.Array:
+    return jnp.arange(batch_size, dtype=jnp.int32) % self.num_classes
+
+  def sample_fn(self, num_steps: int, *, two_pass: bool = False, **options) -> Callable:
+    apply_fn = _two_pass(self.apply_fn) if two_pass else self.apply_fn
+    return sampling.make_sample_fn(apply_fn, shape=self.shape, num_steps=num_steps,
+                                   null_label=self.num_classes, v=self.config.sampling.v,
+                                   **options)
+
+
+def _two_pass(apply_fn: Callable) -> Callable:
+  """apply_fn on the doubled batch [z; z] as two calls on its halves: guidance in two passes."""
+  def apply(params, z, logsnr, labels):
+    half = z.shape[0] // 2
+    return jnp.concatenate([apply_fn(params, z[:half], logsnr[:half], labels[:half]),
+                            apply_fn(params, z[half:], logsnr[half:], labels[half:])])
+  return apply
+
+
+def timed(fn: Callable[[], Any], repeats: int) -> float:
+  """Median seconds of fn() (waited for) over `repeats` calls, after one untimed call."""
+  jax.block_until_ready(fn())
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def bench_sampling(net: Network, batch_sizes, repeats: int) -> dict[str, Any]:
+  """Seconds per step: unguided (w=None), guided in one pass, guided in two passes."""
+  out = {}
+  for b in batch_sizes:
+    labels, rng = net.labels(b), jax.random.PRNGKey(1)
+    row = {}
+    for mode, two_pass, w in (("unguided", False, None), ("guided", False, W),
+                              ("two_pass", True, W)):
+      sample_fn = net.sample_fn(SAMPLING_STEPS, two_pass=two_pass)
+      row[mode] = timed(lambda: sample_fn(net.params, rng, labels, w), repeats) / SAMPLING_STEPS
+    row["guided/unguided"] = row["guided"] / row["unguided"]
+    row["guided/two_pass"] = row["guided"] / row["two_pass"]
+    out[str(b)] = row
+  return out
+
+
+def bench_guidance_interval(net: Network, batch_size: int, repeats: int) -> dict[str, Any]:
+  """Seconds per step when only the middle half of the T steps is guided."""
+  num_steps = 4 * SAMPLING_STEPS
+  logsnrs = np.asarray(schedules.sampling_logsnrs(num_steps))
+  interval = (float(logsnrs[num_steps // 4]), float(logsnrs[3 * num_steps // 4 - 1]))
+  sample_fn = net.sample_fn(num_steps, guidance_interval=interval)
+  labels, rng = net.labels(batch_size), jax.random.PRNGKey(1)
+  seconds = timed(lambda: sample_fn(net.params, rng, labels, W), repeats) / num_steps
+  return {"batch_size": batch_size, "interval": interval, "guided_fraction": 0.5,
+          "seconds_per_step": seconds}
+
+
+def bench_scan_vs_loop(net: Network, batch_sizes, repeats: int) -> dict[str, Any]:
+  """Seconds per guided step: the jitted lax.scan against a Python loop of a jitted step."""
+  out = {}
+  sample_fn = net.sample_fn(LOOP_STEPS)
+  for b in batch_sizes:
+    labels, rng = net.labels(b), jax.random.PRNGKey(1)
+    scan = timed(lambda: sample_fn(net.params, rng, labels, W), repeats) / LOOP_STEPS
+    loop = timed(lambda: sample_fn.loop(net.params, rng, labels, W), repeats) / LOOP_STEPS
+    out[str(b)] = {"scan": scan, "loop": loop, "scan/loop": scan / loop}
+  return out
+
+
+def bench_compile(net: Network, steps, batch_size: int) -> dict[str, float]:
+  """Seconds to trace, lower and compile the guided sampler for each T (best of two)."""
+  labels, rng = net.labels(batch_size), jax.random.PRNGKey(1)
+  out = {}
+  for num_steps in steps:
+    seconds = []
+    for _ in range(2):  # a new sample_fn each time: nothing is reused
+      sample_fn = net.sample_fn(num_steps)
+      start = time.perf_counter()
+      sample_fn.lower(net.params, rng, labels, W).compile()
+      seconds.append(time.perf_counter() - start)
+    out[str(num_steps)] = min(seconds)
+  return out
+
+
+def bench_training(config: ml_collections.ConfigDict, dtype: str, batch_size: int,
+                   repeats: int) -> dict[str, float]:
+  """Images/s of the jitted train step (state donated) on a fixed random batch."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.model.dtype = dtype
+  model = models.create_model(config)
+  tx, schedule = train.create_optimizer(config)
+  # Jitted as in cfg_jax.train: params and EMA params become two buffers, both donated.
+  state = [jax.jit(functools.partial(train.create_train_state, config, model, tx))()]
+  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, schedule=schedule,
+                                   config=config), donate_argnums=(0,))
+  rng = np.random.default_rng(0)
+  batch = {"x": jnp.asarray(rng.uniform(-1, 1, (batch_size,) + config_lib.example_shape(
+      config)), jnp.float32),
+           "label": jnp.asarray(rng.integers(0, config.data.num_classes, batch_size), jnp.int32)}
+
+  def run():
+    state[0], metrics = step(state[0], batch)
+    return metrics["loss"]
+
+  seconds = timed(run, repeats)
+  return {"seconds_per_step": seconds, "images_per_sec": batch_size / seconds}
+
+
+def matmul_peak(sizes, repeats: int) -> dict[str, float]:
+  """The best float32 FLOP/s of a jitted n x n matmul over the sizes: the machine's peak."""
+  out = {}
+  matmul = jax.jit(jnp.matmul)
+  for n in sizes:
+    a, b = (jax.random.normal(jax.random.PRNGKey(i), (n, n), jnp.float32) for i in range(2))
+    out[str(n)] = 2 * n ** 3 / timed(lambda: matmul(a, b), repeats)
+  return {"per_size": out, "peak": max(out.values())}
+
+
+def _flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+
+
+def bench_forward_flops(net: Network, batch_size: int, repeats: int, peak: float
+                        ) -> dict[str, float]:
+  """Achieved FLOP/s of the network's forward pass (XLA's FLOP count / time) and its % of peak."""
+  z = jnp.zeros((batch_size,) + net.shape, jnp.float32)
+  logsnr, labels = jnp.zeros((batch_size,), jnp.float32), net.labels(batch_size)
+  compiled = jax.jit(net.apply_fn).lower(net.params, z, logsnr, labels).compile()
+  flops = _flops(compiled)
+  seconds = timed(lambda: compiled(net.params, z, logsnr, labels), repeats)
+  return {"batch_size": batch_size, "flops": flops, "seconds": seconds,
+          "flops_per_sec": flops / seconds, "percent_of_peak": 100 * flops / seconds / peak}
+
+
+def sampling_memory(net: Network, batch_size: int) -> dict[str, float]:
+  """XLA's peak memory (bytes) of the T-step guided sampler for batch_size images."""
+  labels, rng = net.labels(batch_size), jax.random.PRNGKey(1)
+  out = {"params": 4. * net.num_params}
+  for mode, two_pass in (("guided", False), ("two_pass", True)):
+    compiled = net.sample_fn(256, two_pass=two_pass).lower(net.params, rng, labels, W).compile()
+    out[mode] = float(compiled.memory_analysis().peak_memory_in_bytes)
+  return out
+
+
+def bench_peer(config: ml_collections.ConfigDict, batch_sizes, train_batch: int,
+               repeats: int) -> dict[str, Any]:
+  """The same work in diffusers' UNet2DModel on torch (CPU); {"skipped": why} without them."""
+  m, d = config.model, config.data
+  if m.name != "unet":
+    return {"skipped": f"the peer is a UNet; this preset's model is {m.name!r}"}
+  try:
+    from bench import peer_diffusers  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    return {"skipped": f"{e} (pip install -e '.[bench]')"}
+  model = peer_diffusers.build_unet(
+      ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
+      attn_resolutions=tuple(m.attn_resolutions), num_head_channels=m.num_head_channels,
+      image_size=d.image_size, channels=d.channels, num_classes=d.num_classes,
+      dropout=m.dropout, resblock_updown=m.resblock_updown)
+  data = dict(image_size=d.image_size, channels=d.channels, num_classes=d.num_classes)
+  out = {"num_params": peer_diffusers.num_params(model), "sampling": {},
+         "versions": {p: importlib.metadata.version(p) for p in ("torch", "diffusers")}}
+  for b in batch_sizes:
+    out["sampling"][str(b)] = {
+        mode: peer_diffusers.sampling_step_seconds(model, b, guided=guided, repeats=repeats,
+                                                   **data)
+        for mode, guided in (("unguided", False), ("guided", True))}
+  seconds = peer_diffusers.train_step_seconds(model, train_batch, repeats=repeats, **data)
+  out["training"] = {"seconds_per_step": seconds, "images_per_sec": train_batch / seconds}
+  return out
+
+
+def _machine() -> dict[str, Any]:
+  cpu = platform.processor()
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        cpu = line.split(":", 1)[1].strip()
+        break
+  except OSError:
+    pass
+  return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+          "jax": jax.__version__, "backend": jax.default_backend(),
+          "devices": jax.device_count(),
+          "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def run(quick: bool, repeats: int) -> dict[str, Any]:
+  """Every measurement, in order; returns the nested dict of figures."""
+  jax.config.update("jax_enable_compilation_cache", False)
+  batch_sizes = (1, 4) if quick else (1, 16, 64)
+  presets = {"toy2d": toy2d_config()} if quick else {"mnist": mnist_config(),
+                                                  "reduced64": reduced64_config()}
+  first = next(iter(presets))
+  nets = {name: Network(config) for name, config in presets.items()}
+  big = batch_sizes[-1]
+  results = {"machine": _machine(), "quick": quick, "repeats": repeats, "w": W,
+             "num_params": {name: net.num_params for name, net in nets.items()}}
+  _progress("sampling per step")
+  results["sampling"] = {name: bench_sampling(net, batch_sizes, repeats)
+                         for name, net in nets.items()}
+  results["guidance_interval"] = bench_guidance_interval(nets[first], big, repeats)
+  _progress("scan vs Python loop, compile time")
+  results["scan_vs_loop"] = bench_scan_vs_loop(nets[first], batch_sizes[:2], repeats)
+  results["compile"] = bench_compile(nets[first], COMPILE_STEPS[:2] if quick else COMPILE_STEPS,
+                                     batch_size=batch_sizes[1])
+  _progress("training")
+  results["training"] = {dtype: bench_training(presets[first], dtype, big, repeats)
+                         for dtype in ("float32", "bfloat16")}
+  _progress("FLOP/s and memory")
+  peak = matmul_peak((256, 512) if quick else (1024, 2048, 4096), repeats)
+  results["matmul"] = peak
+  results["forward"] = {name: bench_forward_flops(net, 2 * big, repeats, peak["peak"])
+                        for name, net in nets.items()}
+  results["memory"] = {name: sampling_memory(net, big) for name, net in nets.items()}
+  _progress("diffusers peer")
+  results["peer"] = bench_peer(presets[first], batch_sizes, big, repeats)
+  results["targets"] = targets(results, first)
+  return results
+
+
+def targets(results: dict[str, Any], preset: str) -> dict[str, dict[str, Any]]:
+  """Each target of TARGETS with the worst measured figure."""
+  sampling_rows = [row for p in results["sampling"].values() for row in p.values()]
+  compile_times = list(results["compile"].values())
+  figures = {
+      "guided batched / unguided": max(r["guided/unguided"] for r in sampling_rows),
+      "guided batched / two-pass": max(r["guided/two_pass"] for r in sampling_rows),
+      "scan / Python loop": max(r["scan/loop"] for r in results["scan_vs_loop"].values()),
+      "compile, largest T / T=16": compile_times[-1] / compile_times[0]}
+  peer = results["peer"]
+  if "skipped" not in peer:
+    ours = results["sampling"][preset]
+    figures["ours / diffusers, guided sampling step"] = max(
+        ours[b]["guided"] / peer["sampling"][b]["guided"] for b in peer["sampling"])
+    figures["ours / diffusers, training step"] = (
+        results["training"]["float32"]["seconds_per_step"]
+        / peer["training"]["seconds_per_step"])
+  return {name: {"worst": value, "bound": TARGETS[name], "met": value <= TARGETS[name]}
+          for name, value in figures.items()}
+
+
+def _progress(what: str) -> None:
+  print(f"[bench {time.strftime('%H:%M:%S')}] {what}", flush=True)
+
+
+def _ms(seconds: float) -> str:
+  return f"{1e3 * seconds:,.1f} ms"
+
+
+def report(results: dict[str, Any]) -> str:
+  """The markdown tables of the results."""
+  m = results["machine"]
+  lines = [f"Machine: {m['cpu']}, {m['cores']} cores, jax {m['jax']} ({m['backend']}, "
+           f"{m['devices']} device(s)), Python {m['python']}, {m['date']}; median of "
+           f"{results['repeats']} calls; w = {results['w']:g}.", ""]
+  lines += ["### Sampling, per step", "",
+            "| preset (params) | batch | unguided | guided, 1 pass | guided, 2 passes | "
+            "guided / unguided | 1 pass / 2 passes |", "|---|---|---|---|---|---|---|"]
+  for preset, rows in results["sampling"].items():
+    for b, r in rows.items():
+      lines.append(f"| {preset} ({results['num_params'][preset]:,}) | {b} | {_ms(r['unguided'])} "
+                   f"| {_ms(r['guided'])} | {_ms(r['two_pass'])} | {r['guided/unguided']:.2f} "
+                   f"| {r['guided/two_pass']:.2f} |")
+  gi = results["guidance_interval"]
+  lines += ["", f"Guidance interval λ ∈ [{gi['interval'][0]:.2f}, {gi['interval'][1]:.2f}] "
+            f"(half of {4 * SAMPLING_STEPS} steps guided), batch {gi['batch_size']}: "
+            f"{_ms(gi['seconds_per_step'])} per step.", ""]
+  lines += ["### lax.scan against a Python loop of a jitted step (guided, per step)", "",
+            "| batch | scan | Python loop | scan / loop |", "|---|---|---|---|"]
+  for b, r in results["scan_vs_loop"].items():
+    lines.append(f"| {b} | {_ms(r['scan'])} | {_ms(r['loop'])} | {r['scan/loop']:.2f} |")
+  lines += ["", "| T | " + " | ".join(results["compile"]) + " |",
+            "|---|" + "---|" * len(results["compile"]),
+            "| compile (s) | " + " | ".join(f"{s:.1f}" for s in results["compile"].values())
+            + " |", ""]
+  lines += ["### Training step (first preset)", "", "| compute dtype | step | images/s |",
+            "|---|---|---|"]
+  for dtype, r in results["training"].items():
+    lines.append(f"| {dtype} | {_ms(r['seconds_per_step'])} | {r['images_per_sec']:.1f} |")
+  mm = results["matmul"]
+  lines += ["", f"### FLOP/s (matmul peak {mm['peak'] / 1e9:.1f} GFLOP/s, float32)", "",
+            "| preset | forward batch | GFLOP | time | GFLOP/s | % of peak |",
+            "|---|---|---|---|---|---|"]
+  for preset, r in results["forward"].items():
+    lines.append(f"| {preset} | {r['batch_size']} | {r['flops'] / 1e9:.2f} | "
+                 f"{_ms(r['seconds'])} | {r['flops_per_sec'] / 1e9:.1f} | "
+                 f"{r['percent_of_peak']:.0f}% |")
+  lines += ["", "### Peak memory of the 256-step guided sampler (XLA buffer assignment)", "",
+            "| preset | params | 1 pass | 2 passes |", "|---|---|---|---|"]
+  for preset, r in results["memory"].items():
+    lines.append(f"| {preset} | {r['params'] / 2**20:.1f} MiB | {r['guided'] / 2**20:.1f} MiB "
+                 f"| {r['two_pass'] / 2**20:.1f} MiB |")
+  peer = results["peer"]
+  lines += ["", "### diffusers UNet2DModel (torch, CPU), same architecture", ""]
+  if "skipped" in peer:
+    lines.append(f"Skipped: {peer['skipped']}")
+  else:
+    first = next(iter(results["sampling"]))
+    ours = results["sampling"][first]
+    v = peer["versions"]
+    lines += [f"torch {v['torch']}, diffusers {v['diffusers']}, {peer['num_params']:,} "
+              f"parameters (ours {results['num_params'][first]:,}).", "",
+              "| work | ours | diffusers | ours / diffusers |", "|---|---|---|---|"]
+    for b, r in peer["sampling"].items():
+      for mode in ("unguided", "guided"):
+        lines.append(f"| {mode} sampling step, batch {b} | {_ms(ours[b][mode])} | "
+                     f"{_ms(r[mode])} | {ours[b][mode] / r[mode]:.2f} |")
+    t_ours = results["training"]["float32"]["seconds_per_step"]
+    t_peer = peer["training"]["seconds_per_step"]
+    lines.append(f"| training step, float32 | {_ms(t_ours)} | {_ms(t_peer)} | "
+                 f"{t_ours / t_peer:.2f} |")
+  lines += ["", "### Targets (worst case over the rows above)", "",
+            "| target | measured | bound | met |", "|---|---|---|---|"]
+  for name, t in results["targets"].items():
+    lines.append(f"| {name} | {t['worst']:.2f} | <= {t['bound']:g} | "
+                 f"{'yes' if t['met'] else 'NO'} |")
+  return "\n".join(lines)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true",
+                      help="the toy2d MLP and few sizes: checks that the benchmark runs")
+  parser.add_argument("--repeats", type=int, default=None,
+                      help="timed calls per figure (default 5, or 2 with --quick)")
+  parser.add_argument("--out", default=None, help="also write the JSON to this file")
+  args = parser.parse_args()
+  repeats = args.repeats or (2 if args.quick else 5)
+  if repeats < 1:
+    parser.error(f"--repeats must be >= 1, got {repeats}.")
+  results = run(args.quick, repeats)
+  print(report(results))
+  line = json.dumps(results)
+  print("BENCH_JSON " + line)
+  if args.out:
+    pathlib.Path(args.out).write_text(line + "\n")
+
+
+if __name__ == "__main__":
+  main()
