@@ -37,10 +37,11 @@ from cfg_jax import models
 from cfg_jax import sampling
 from cfg_jax import schedules
 from cfg_jax import train
+from cfg_jax import xla_options
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 W = 2.  # the guidance weight of every guided figure
-SAMPLING_STEPS = 4  # T of the per-step sampling figures
+SAMPLING_STEPS = 2  # T of the per-step sampling figures
 LOOP_STEPS = 32  # T of scan vs Python loop
 COMPILE_STEPS = (16, 256, 1024)
 TARGETS = {  # name: (figure, bound), met when figure <= bound
@@ -174,7 +175,8 @@ def bench_training(config: ml_collections.ConfigDict, dtype: str, batch_size: in
   # Jitted as in cfg_jax.train: params and EMA params become two buffers, both donated.
   state = [jax.jit(functools.partial(train.create_train_state, config, model, tx))()]
   step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, schedule=schedule,
-                                   config=config), donate_argnums=(0,))
+                                   config=config), donate_argnums=(0,),
+                 compiler_options=xla_options.compiler_options())
   rng = np.random.default_rng(0)
   batch = {"x": jnp.asarray(rng.uniform(-1, 1, (batch_size,) + config_lib.example_shape(
       config)), jnp.float32),
@@ -204,15 +206,20 @@ def _flops(compiled) -> float:
 
 
 def bench_forward_flops(net: Network, batch_size: int, repeats: int, peak: float
-                        ) -> dict[str, float]:
-  """Achieved FLOP/s of the network's forward pass (XLA's FLOP count / time) and its % of peak."""
+                        ) -> dict[str, Any]:
+  """Achieved FLOP/s of the network's forward pass (XLA's FLOP count / time) and its % of
+  peak, compiled with cfg_jax's XLA options and with XLA's defaults."""
   z = jnp.zeros((batch_size,) + net.shape, jnp.float32)
   logsnr, labels = jnp.zeros((batch_size,), jnp.float32), net.labels(batch_size)
-  compiled = jax.jit(net.apply_fn).lower(net.params, z, logsnr, labels).compile()
-  flops = _flops(compiled)
-  seconds = timed(lambda: compiled(net.params, z, logsnr, labels), repeats)
-  return {"batch_size": batch_size, "flops": flops, "seconds": seconds,
-          "flops_per_sec": flops / seconds, "percent_of_peak": 100 * flops / seconds / peak}
+  out = {"batch_size": batch_size}
+  for name, options in (("ours", xla_options.compiler_options()), ("xla_defaults", {})):
+    compiled = jax.jit(net.apply_fn, compiler_options=options).lower(
+        net.params, z, logsnr, labels).compile()
+    flops = _flops(compiled)
+    seconds = timed(lambda: compiled(net.params, z, logsnr, labels), repeats)  # pylint: disable=cell-var-from-loop
+    out[name] = {"flops": flops, "seconds": seconds, "flops_per_sec": flops / seconds,
+                 "percent_of_peak": 100 * flops / seconds / peak}
+  return out
 
 
 def sampling_memory(net: Network, batch_size: int) -> dict[str, float]:
@@ -264,7 +271,7 @@ def _machine() -> dict[str, Any]:
     pass
   return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
           "jax": jax.__version__, "backend": jax.default_backend(),
-          "devices": jax.device_count(),
+          "devices": jax.device_count(), "xla_options": xla_options.compiler_options(),
           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -336,7 +343,8 @@ def report(results: dict[str, Any]) -> str:
   m = results["machine"]
   lines = [f"Machine: {m['cpu']}, {m['cores']} cores, jax {m['jax']} ({m['backend']}, "
            f"{m['devices']} device(s)), Python {m['python']}, {m['date']}; median of "
-           f"{results['repeats']} calls; w = {results['w']:g}.", ""]
+           f"{results['repeats']} calls; w = {results['w']:g}; XLA options "
+           f"{m['xla_options']}.", ""]
   lines += ["### Sampling, per step", "",
             "| preset (params) | batch | unguided | guided, 1 pass | guided, 2 passes | "
             "guided / unguided | 1 pass / 2 passes |", "|---|---|---|---|---|---|---|"]
@@ -363,12 +371,14 @@ def report(results: dict[str, Any]) -> str:
     lines.append(f"| {dtype} | {_ms(r['seconds_per_step'])} | {r['images_per_sec']:.1f} |")
   mm = results["matmul"]
   lines += ["", f"### FLOP/s (matmul peak {mm['peak'] / 1e9:.1f} GFLOP/s, float32)", "",
-            "| preset | forward batch | GFLOP | time | GFLOP/s | % of peak |",
-            "|---|---|---|---|---|---|"]
-  for preset, r in results["forward"].items():
-    lines.append(f"| {preset} | {r['batch_size']} | {r['flops'] / 1e9:.2f} | "
-                 f"{_ms(r['seconds'])} | {r['flops_per_sec'] / 1e9:.1f} | "
-                 f"{r['percent_of_peak']:.0f}% |")
+            "| preset | forward batch | XLA options | GFLOP | time | GFLOP/s | % of peak |",
+            "|---|---|---|---|---|---|---|"]
+  for preset, rows in results["forward"].items():
+    for name in ("ours", "xla_defaults"):
+      r = rows[name]
+      lines.append(f"| {preset} | {rows['batch_size']} | {name} | {r['flops'] / 1e9:.2f} | "
+                   f"{_ms(r['seconds'])} | {r['flops_per_sec'] / 1e9:.1f} | "
+                   f"{r['percent_of_peak']:.0f}% |")
   lines += ["", "### Peak memory of the 256-step guided sampler (XLA buffer assignment)", "",
             "| preset | params | 1 pass | 2 passes |", "|---|---|---|---|"]
   for preset, r in results["memory"].items():

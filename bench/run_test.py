@@ -40,7 +40,7 @@ def test_quick_run_prints_the_tables_and_every_figure(tmp_path):
     assert all(row[k] > 0 for k in ("unguided", "guided", "two_pass"))
   assert set(results["compile"]) == {"16", "256"}
   assert results["training"]["float32"]["images_per_sec"] > 0
-  assert 0 < results["forward"]["toy2d"]["flops"]
+  assert 0 < results["forward"]["toy2d"]["ours"]["flops"]
   assert results["memory"]["toy2d"]["guided"] >= results["memory"]["toy2d"]["params"]
   assert "skipped" in results["peer"]
   assert set(results["targets"]) == set(run.TARGETS) - {

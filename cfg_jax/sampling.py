@@ -27,6 +27,7 @@ import numpy as np
 from cfg_jax import diffusion
 from cfg_jax import guidance
 from cfg_jax import schedules
+from cfg_jax import xla_options
 
 Array = jax.Array
 ApplyFn = Callable[[Any, Array, Array, Array], Array]
@@ -206,7 +207,7 @@ def make_sample_fn(apply_fn: ApplyFn, *, shape: tuple[int, ...], num_steps: int,
     x, trajectory = jax.lax.scan(body, z, jnp.arange(num_steps))
     return (x, trajectory) if return_trajectory else x
 
-  jitted = jax.jit(sample)
+  jitted = xla_options.jit(sample)
 
   def check(labels, w, classifier_params, classifier_scale):
     labels = _check_labels(labels, null_label)
@@ -231,9 +232,9 @@ def make_sample_fn(apply_fn: ApplyFn, *, shape: tuple[int, ...], num_steps: int,
   def lower(params, rng, labels, w=None, *, classifier_params=None, classifier_scale=None):
     return jitted.lower(params, rng, *check(labels, w, classifier_params, classifier_scale))
 
-  jitted_init = jax.jit(init)
+  jitted_init = xla_options.jit(init)
   # z is donated: each step overwrites the last one's buffer (unless all are returned).
-  jitted_step = jax.jit(step, donate_argnums=() if return_trajectory else (5,))
+  jitted_step = xla_options.jit(step, donate_argnums=() if return_trajectory else (5,))
 
   def loop(params, rng, labels, w=None, *, classifier_params=None, classifier_scale=None):
     checked = check(labels, w, classifier_params, classifier_scale)

@@ -48,6 +48,7 @@ from cfg_jax import runtime
 from cfg_jax import runs
 from cfg_jax import schedules
 from cfg_jax import visualization
+from cfg_jax import xla_options
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped on SIGTERM after saving; rerun to resume.
 
@@ -245,7 +246,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> int:
   p_train_step = jax.jit(
       functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=config),
       in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
-      donate_argnums=(0,))
+      donate_argnums=(0,), compiler_options=xla_options.compiler_options())
 
   writer = metric_writers.create_default_writer(
       workdir / "tensorboard", just_logging=jax.process_index() > 0)

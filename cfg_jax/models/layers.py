@@ -33,7 +33,35 @@ def group_norm(x: Array, *, dtype: Dtype, name: str) -> Array:
   ADM preset is at least 128 channels wide, where this is ADM's GroupNorm32.
   """
   num_groups = min(NUM_GROUPS, max(x.shape[-1] // 4, 1))
-  return nn.GroupNorm(num_groups=num_groups, epsilon=NORM_EPS, dtype=dtype, name=name)(x)
+  return GroupNorm(num_groups, dtype=dtype, name=name)(x)
+
+
+class GroupNorm(nn.Module):
+  """`nn.GroupNorm` (same parameters, float32 statistics, E[x²] - E[x]² variance) whose
+  per-channel sums are matrix-vector products: XLA:CPU turns the plain reductions of
+  `nn.GroupNorm` into slow reduce-windows, forward and backward (bench/, BENCHMARKS.md).
+  """
+  num_groups: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    b, c = x.shape[0], x.shape[-1]
+    if c % self.num_groups:
+      raise ValueError(f"{c} channels are not divisible by num_groups={self.num_groups}.")
+    scale = self.param("scale", nn.initializers.ones, (c,))
+    bias = self.param("bias", nn.initializers.zeros, (c,))
+    xf = x.astype(jnp.float32).reshape(b, -1, c)
+    ones = jnp.ones((xf.shape[1],), jnp.float32)
+    sums = jnp.stack([jnp.einsum("bpc,p->bc", xf, ones),
+                      jnp.einsum("bpc,p->bc", jnp.square(xf), ones)])  # [2, B, C]
+    count = xf.shape[1] * (c // self.num_groups)
+    mean, mean_sq = jnp.repeat(sums.reshape(2, b, self.num_groups, -1).sum(-1) / count,
+                               c // self.num_groups, axis=-1)  # [B, C] each
+    inv = jax.lax.rsqrt(jnp.maximum(mean_sq - jnp.square(mean), 0.) + NORM_EPS) * scale
+    shape = (b,) + (1,) * (x.ndim - 2) + (c,)
+    y = x.astype(jnp.float32) * inv.reshape(shape) + (bias - mean * inv).reshape(shape)
+    return y.astype(self.dtype)
 
 
 def sinusoidal_embedding(t: Array, dim: int, *, max_period: float = 10_000.) -> Array:
@@ -92,12 +120,19 @@ def conv3x3(features: int, *, dtype: Dtype, name: str, zero_init: bool = False,
 
 
 def downsample(x: Array) -> Array:
-  return nn.avg_pool(x, (2, 2), strides=(2, 2))
+  """2x2 average pooling of [B, H, W, C] (even H, W), as a reshape and a mean.
+
+  Equal to `nn.avg_pool(x, (2, 2), strides=(2, 2))`, without its reduce-window, which
+  XLA:CPU runs (forward and gradient) far slower than a plain reduction.
+  """
+  b, h, w, c = x.shape
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
 
 
 def upsample(x: Array) -> Array:
-  """Nearest-neighbour upsampling by 2 of [B, H, W, C]."""
-  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+  """Nearest-neighbour upsampling by 2 of [B, H, W, C], as a broadcast and a reshape."""
+  b, h, w, c = x.shape
+  return jnp.broadcast_to(x[:, :, None, :, None], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
 
 
 class ResBlock(nn.Module):

@@ -112,3 +112,11 @@ def test_attention_pool():
                          jax.random.normal(jax.random.key(0), (3, 8, 8, 16)))
   chex.assert_shape(out, (3, 10))
   chex.assert_shape(variables["params"]["pos_emb"], (65, 16))
+
+
+def test_resampling_matches_pooling_and_repeat():
+  x = jax.random.normal(jax.random.key(3), (2, 6, 4, 3))
+  np.testing.assert_allclose(layers.downsample(x), nn.avg_pool(x, (2, 2), strides=(2, 2)),
+                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(layers.upsample(x),
+                                jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
