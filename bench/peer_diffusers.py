@@ -26,7 +26,6 @@ num_classes + 1 rows, res-attn-res middle). What diffusers does not let us match
 """
 import math
 import os
-import statistics
 import time
 
 import torch
@@ -84,8 +83,8 @@ def _timestep(logsnr: torch.Tensor) -> torch.Tensor:
   return TIME_SCALE * torch.atan(torch.exp(-0.5 * logsnr)) / (math.pi / 2)
 
 
-def _median_seconds(fn, repeats: int) -> float:
-  """Median wall time of fn() over `repeats` calls, after 2 warm-up calls."""
+def _best_seconds(fn, repeats: int) -> float:
+  """The fastest wall time of fn() over `repeats` calls, after 2 warm-up calls (as bench/run.py)."""
   for _ in range(2):
     fn()
   times = []
@@ -93,13 +92,13 @@ def _median_seconds(fn, repeats: int) -> float:
     start = time.perf_counter()
     fn()
     times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return min(times)
 
 
 def sampling_step_seconds(model: torch.nn.Module, batch_size: int, *, guided: bool,
                           repeats: int, image_size: int, channels: int,
                           num_classes: int) -> float:
-  """Median seconds of one stochastic reverse step z_λ → z_λ', eval mode, inference_mode.
+  """The fastest seconds of one stochastic reverse step z_λ → z_λ', eval mode, inference_mode.
 
   guided: one forward on [z; z] with labels [c; ∅] and ε̃ = (1 + w) ε_c - w ε_∅; else one
   forward on z with labels c. The step is step STEP of NUM_STEPS, as cfg_jax/sampling.py.
@@ -134,13 +133,13 @@ def sampling_step_seconds(model: torch.nn.Module, batch_size: int, *, guided: bo
       x = (z - sigma_t * eps) / alpha_t
       return z_coef * z + x_coef * x + std * torch.randn_like(z)
 
-  return _median_seconds(step, repeats)
+  return _best_seconds(step, repeats)
 
 
 def train_step_seconds(model: torch.nn.Module, batch_size: int, *, repeats: int,
                        image_size: int, channels: int, num_classes: int,
                        p_uncond: float = 0.1, lr: float = 5e-4) -> float:
-  """Median seconds of one training step in train mode (cfg_jax/train.py train_step).
+  """The fastest seconds of one training step in train mode (cfg_jax/train.py train_step).
 
   Labels → ∅ w.p. p_uncond, λ ~ p(λ), z = α x + σ ε, MSE to ε, backward, gradient norm
   clipped to 1, AdamW, EMA of the parameters. Updates model's parameters.
@@ -168,4 +167,4 @@ def train_step_seconds(model: torch.nn.Module, batch_size: int, *, repeats: int,
       for e, p in zip(ema, params):
         e.lerp_(p, 1. - EMA_DECAY)
 
-  return _median_seconds(step, repeats)
+  return _best_seconds(step, repeats)

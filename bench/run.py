@@ -9,9 +9,10 @@ compares two figures taken on the same machine in the same state. The output is 
 markdown table per section, the targets met or missed, and one line `BENCH_JSON {...}`
 holding every figure (also written to --out).
 
-A time is the median of --repeats calls after one untimed call (which compiles). A
-sampling time is per step: one call of a T-step sampler divided by T. Compile times are
-measured with jax's persistent compilation cache off.
+A time is the fastest of --repeats calls after one untimed call (which compiles): on a
+shared machine the slower calls measure interference (timeit's advice). A sampling time
+is per step: one call of a T-step sampler divided by T. Compile times are measured with
+jax's persistent compilation cache off.
 """
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ import json
 import os
 import pathlib
 import platform
-import statistics
 import time
 from typing import Any, Callable
 
@@ -100,14 +100,14 @@ def _two_pass(apply_fn: Callable) -> Callable:
 
 
 def timed(fn: Callable[[], Any], repeats: int) -> float:
-  """Median seconds of fn() (waited for) over `repeats` calls, after one untimed call."""
+  """The fastest seconds of fn() (waited for) over `repeats` calls, after one untimed call."""
   jax.block_until_ready(fn())
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return min(times)
 
 
 def bench_sampling(net: Network, batch_sizes, repeats: int) -> dict[str, Any]:
@@ -342,7 +342,7 @@ def report(results: dict[str, Any]) -> str:
   """The markdown tables of the results."""
   m = results["machine"]
   lines = [f"Machine: {m['cpu']}, {m['cores']} cores, jax {m['jax']} ({m['backend']}, "
-           f"{m['devices']} device(s)), Python {m['python']}, {m['date']}; median of "
+           f"{m['devices']} device(s)), Python {m['python']}, {m['date']}; fastest of "
            f"{results['repeats']} calls; w = {results['w']:g}; XLA options "
            f"{m['xla_options']}.", ""]
   lines += ["### Sampling, per step", "",
