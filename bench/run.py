@@ -174,9 +174,8 @@ def bench_training(config: ml_collections.ConfigDict, dtype: str, batch_size: in
   tx, schedule = train.create_optimizer(config)
   # Jitted as in cfg_jax.train: params and EMA params become two buffers, both donated.
   state = [jax.jit(functools.partial(train.create_train_state, config, model, tx))()]
-  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, schedule=schedule,
-                                   config=config), donate_argnums=(0,),
-                 compiler_options=xla_options.compiler_options())
+  step = xla_options.jit(functools.partial(train.train_step, model=model, tx=tx,
+                                           schedule=schedule, config=config), donate_argnums=(0,))
   rng = np.random.default_rng(0)
   batch = {"x": jnp.asarray(rng.uniform(-1, 1, (batch_size,) + config_lib.example_shape(
       config)), jnp.float32),

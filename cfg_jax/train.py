@@ -243,10 +243,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> int:
   checkpointing.save_config(workdir, config)  # after the restore, which may refuse the workdir
   step = int(state.step)
 
-  p_train_step = jax.jit(
+  p_train_step = xla_options.jit(
       functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=config),
       in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
-      donate_argnums=(0,), compiler_options=xla_options.compiler_options())
+      donate_argnums=(0,))
 
   writer = metric_writers.create_default_writer(
       workdir / "tensorboard", just_logging=jax.process_index() > 0)

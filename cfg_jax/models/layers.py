@@ -39,7 +39,7 @@ def group_norm(x: Array, *, dtype: Dtype, name: str) -> Array:
 class GroupNorm(nn.Module):
   """`nn.GroupNorm` (same parameters, float32 statistics, E[x²] - E[x]² variance) whose
   per-channel sums are matrix-vector products: XLA:CPU turns the plain reductions of
-  `nn.GroupNorm` into slow reduce-windows, forward and backward (bench/, BENCHMARKS.md).
+  `nn.GroupNorm`'s statistics into slow reduce-windows (bench/, BENCHMARKS.md).
   """
   num_groups: int
   dtype: Dtype = jnp.float32
@@ -59,9 +59,8 @@ class GroupNorm(nn.Module):
     mean, mean_sq = jnp.repeat(sums.reshape(2, b, self.num_groups, -1).sum(-1) / count,
                                c // self.num_groups, axis=-1)  # [B, C] each
     inv = jax.lax.rsqrt(jnp.maximum(mean_sq - jnp.square(mean), 0.) + NORM_EPS) * scale
-    shape = (b,) + (1,) * (x.ndim - 2) + (c,)
-    y = x.astype(jnp.float32) * inv.reshape(shape) + (bias - mean * inv).reshape(shape)
-    return y.astype(self.dtype)
+    y = xf * inv[:, None] + (bias - mean * inv)[:, None]
+    return y.reshape(x.shape).astype(self.dtype)
 
 
 def sinusoidal_embedding(t: Array, dim: int, *, max_period: float = 10_000.) -> Array:
