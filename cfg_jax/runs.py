@@ -8,12 +8,12 @@ import dataclasses
 import io
 from typing import Any, Sequence
 
+from absl import logging
 from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tqdm
 
 from cfg_jax import checkpointing
 from cfg_jax import config_lib
@@ -105,7 +105,9 @@ def sample_in_batches(sample_fn, params, labels: np.ndarray, *, w: float | None,
       parallel.replicated(mesh))
   out = []
   starts = range(0, len(labels), batch_size)
-  for k, start in enumerate(tqdm.tqdm(starts, desc=f"w={w}", disable=not progress)):
+  for k, start in enumerate(starts):
+    if progress:
+      logging.info("Sampling w=%s: batch %d of %d.", w, k + 1, len(starts))
     chunk = labels[start:start + batch_size]
     padded = np.pad(chunk, (0, batch_size - len(chunk)))
     kwargs = {}

@@ -12,6 +12,8 @@ from absl import app
 from absl import logging
 import jax
 
+from cfg_jax import extras
+
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "cfg_jax", "xla")
 
 
@@ -71,12 +73,13 @@ def one_line_errors(program: str) -> Iterator[None]:
   """Ends the program with one clear line, not a traceback, on a user-facing error.
 
   Bad inputs raise ValueError/FileNotFoundError naming the field; a failed checkpoint
-  write or a diverged run raise their own OSError/RuntimeError subclasses. The traceback
+  write or a diverged run raise their own OSError/RuntimeError subclasses; a missing
+  optional dependency names the pip command (extras.MissingExtraError). The traceback
   is logged at DEBUG level (`--verbosity=1`) for whoever debugs.
   """
   try:
     yield
-  except (ValueError, OSError, RuntimeError) as e:
+  except (ValueError, OSError, RuntimeError, extras.MissingExtraError) as e:
     logging.debug("Traceback of the error below:", exc_info=True)
     print(f"{program}: error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)

@@ -26,8 +26,6 @@ from typing import Any
 from absl import app
 from absl import flags
 from absl import logging
-from clu import metric_writers
-from clu import periodic_actions
 from etils import epath
 import flax
 import jax
@@ -41,7 +39,9 @@ from jax.experimental import multihost_utils
 from cfg_jax import checkpointing
 from cfg_jax import config_lib
 from cfg_jax import diffusion
+from cfg_jax import extras
 from cfg_jax import input_pipeline
+from cfg_jax import metric_writer
 from cfg_jax import models
 from cfg_jax import parallel
 from cfg_jax import runtime
@@ -199,8 +199,11 @@ def check_finite(state: TrainState, config: ml_collections.ConfigDict,
 
 
 def write_samples(config: ml_collections.ConfigDict, model: Any, ema_params: Any,
-                  workdir: epath.Path, step: int) -> None:
-  """A PNG grid (one row per class) of EMA samples per w of config.sampling.w."""
+                  workdir: epath.Path, step: int, writer: metric_writer.SummaryWriter) -> None:
+  """A PNG grid (one row per class) of EMA samples per w of config.sampling.w.
+
+  Each grid goes to `workdir/samples/` and to TensorBoard (tag `samples/w<w>`).
+  """
   if config.model.name == "classifier":
     return
   s = config.sampling
@@ -212,8 +215,11 @@ def write_samples(config: ml_collections.ConfigDict, model: Any, ema_params: Any
     x = runs.sample_in_batches(sample_fn, ema_params, labels, w=float(w),
                                batch_size=len(labels), seed=config.seed, progress=False)
     if jax.process_index() == 0:
-      visualization.save_samples(x, labels, workdir / "samples" / f"step_{step:08d}_w{w:g}.png",
-                                 num_classes=classes, title=f"step {step}, w={w:g}")
+      image = visualization.save_samples(
+          x, labels, workdir / "samples" / f"step_{step:08d}_w{w:g}.png", num_classes=classes,
+          title=f"step {step}, w={w:g}")
+      writer.write_images(step, {f"samples/w{w:g}": image})
+  writer.flush()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> int:
@@ -222,6 +228,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> int:
   Returns the process exit code: 0 when done, PREEMPTED_EXIT_CODE after a SIGTERM.
   """
   config_lib.validate(config, num_devices=jax.device_count())
+  extras.check_path(workdir, flag="--workdir")
   workdir = epath.Path(workdir)
   t = config.training
   dataset = input_pipeline.create_dataset(config)
@@ -248,13 +255,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> int:
       in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
       donate_argnums=(0,))
 
-  writer = metric_writers.create_default_writer(
-      workdir / "tensorboard", just_logging=jax.process_index() > 0)
+  writer = metric_writer.SummaryWriter(workdir / "tensorboard",
+                                       just_logging=jax.process_index() > 0)
   if step == 0:
-    writer.write_hparams({k: str(v) if isinstance(v, (tuple, list)) else v
-                          for k, v in config_lib.flatten(config).items()})
-  report = periodic_actions.ReportProgress(num_train_steps=t.num_steps, writer=writer,
-                                           every_secs=None, every_steps=t.log_every)
+    writer.write_hparams(config_lib.flatten(config))
   meta = {"signature": checkpointing.signature(config)}
   preemption = _Preemption()
   pending_metrics, last_log = [], (time.perf_counter(), step)
@@ -264,18 +268,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> int:
       state, metrics = p_train_step(state, parallel.global_batch(local_batch, data_sharding))
       pending_metrics.append(metrics)
       done = step + 1
-      report(done)
       preempted = preemption.reached(done)
       last = done == t.num_steps
       if done % t.log_every == 0 or last:
         skipped = check_finite(state, config, checkpointer)
-        last_log = _log(writer, done, pending_metrics, last_log, t.batch_size, skipped)
+        last_log = _log(writer, done, pending_metrics, last_log, t, skipped)
         pending_metrics = []
       if done % t.checkpoint_every == 0 or last or preempted:
         check_finite(state, config, checkpointer)
         checkpointer.save(done, state, meta | {"data_step": done})
       if (done % t.sample_every == 0 or last) and not preempted:  # leave before the deadline
-        write_samples(config, model, state.ema_params, workdir, done)
+        write_samples(config, model, state.ema_params, workdir, done, writer)
       if preempted:
         logging.warning("Preempted (SIGTERM): saved step %d; exiting with code %d. Rerun the "
                         "same command to resume.", done, PREEMPTED_EXIT_CODE)
@@ -284,23 +287,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> int:
   finally:
     checkpointer.wait()
     checkpointer.close()
-    writer.flush()
+    writer.close()
     preemption.restore()
   return exit_code
 
 
-def _log(writer, step, metrics, last, batch_size, skipped):
-  """Writes the mean of the pending metrics, images/s and the skipped-step count.
-
-  Returns the new (time, step) mark. steps/s and the progress line with its ETA come
-  from clu's ReportProgress.
+def _log(writer, step, metrics, last, training_config, skipped):
+  """Writes the mean of the pending metrics, steps/s, images/s and the skipped-step count,
+  and logs the progress with its ETA. Returns the new (time, step) mark.
   """
   metrics = jax.device_get(metrics)
   scalars = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
   now = time.perf_counter()
-  scalars["images_per_sec"] = (step - last[1]) * batch_size / max(now - last[0], 1e-9)
+  steps_per_sec = (step - last[1]) / max(now - last[0], 1e-9)
+  scalars["steps_per_sec"] = steps_per_sec
+  scalars["images_per_sec"] = steps_per_sec * training_config.batch_size
   scalars["skipped_nonfinite_steps"] = skipped
   writer.write_scalars(step, scalars)
+  writer.flush()
+  remaining = (training_config.num_steps - step) / max(steps_per_sec, 1e-9)
+  logging.info("Step %d of %d, ETA %s.", step, training_config.num_steps,
+               time.strftime("%H:%M:%S", time.gmtime(remaining)) if remaining < 86_400
+               else f"{remaining / 86_400:.1f} days")
   return now, step
 
 

@@ -1,4 +1,7 @@
-"""Pictures of samples: PNG grids with one row per class, and scatter plots for 2-D data."""
+"""Pictures of samples: PNG grids with one row per class, and scatter plots for 2-D data.
+
+Drawn with PIL; matplotlib is only needed to save a figure made by the caller.
+"""
 from __future__ import annotations
 
 import io
@@ -6,6 +9,7 @@ import io
 from etils import epath
 import numpy as np
 from PIL import Image
+from PIL import ImageDraw
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
@@ -41,20 +45,45 @@ def write_png(array_or_figure, path: epath.PathLike) -> None:
   path.write_bytes(buffer.getvalue())
 
 
-def save_samples(x: np.ndarray, labels: np.ndarray, path: epath.PathLike, *,
-                 num_classes: int, title: str = "") -> None:
-  """Writes samples to a PNG: an image grid for [N, H, W, C], a scatter plot for [N, 2]."""
-  if x.ndim == 4:
-    write_png(image_grid(x, labels, num_classes), path)
-    return
-  import matplotlib
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt
-  fig, ax = plt.subplots(figsize=(4, 4))
+# Matplotlib's tab10 colours, one per class (repeating after ten).
+CLASS_COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+                (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
+
+
+def scatter_plot(points: np.ndarray, labels: np.ndarray, num_classes: int, *, title: str = "",
+                 size: int = 400, margin: int = 24) -> np.ndarray:
+  """uint8 [size, size, 3]: 2-D points as dots coloured by class, equal axes, a legend.
+
+  The square view is centred on the points and spans their largest extent (plus 5%).
+  """
+  points = np.asarray(points, np.float64)
+  image = Image.new("RGB", (size, size), (255, 255, 255))
+  draw = ImageDraw.Draw(image)
+  finite = np.isfinite(points).all(axis=1)
+  if finite.any():
+    lo, hi = points[finite].min(axis=0), points[finite].max(axis=0)
+    center, half = (lo + hi) / 2, max(float(np.max(hi - lo)) / 2 * 1.05, 1e-6)
+    scale = (size - 2 * margin) / (2 * half)
+    for k in range(num_classes):
+      color = CLASS_COLORS[k % len(CLASS_COLORS)]
+      for x, y in points[finite & (labels == k)]:
+        u, v = margin + (x - center[0] + half) * scale, margin + (center[1] + half - y) * scale
+        draw.ellipse((u - 1.5, v - 1.5, u + 1.5, v + 1.5), fill=color)
   for k in range(num_classes):
-    ax.scatter(*x[labels == k].T, s=4, alpha=0.6, label=str(k))
-  ax.set_aspect("equal")
-  ax.legend(markerscale=3, fontsize=7)
-  ax.set_title(title)
-  write_png(fig, path)
-  plt.close(fig)
+    top = margin + 12 * k
+    draw.rectangle((size - 34, top, size - 26, top + 8), fill=CLASS_COLORS[k % len(CLASS_COLORS)])
+    draw.text((size - 22, top - 2), str(k), fill=(0, 0, 0))
+  draw.text((4, 4), title, fill=(0, 0, 0))
+  return np.asarray(image)
+
+
+def save_samples(x: np.ndarray, labels: np.ndarray, path: epath.PathLike, *,
+                 num_classes: int, title: str = "") -> np.ndarray:
+  """Writes samples to a PNG, an image grid for [N, H, W, C] or a scatter plot for [N, 2],
+  and returns that picture as uint8 [H, W, C]."""
+  if x.ndim == 4:
+    picture = image_grid(x, labels, num_classes)
+  else:
+    picture = scatter_plot(x, labels, num_classes, title=title)
+  write_png(picture, path)
+  return picture

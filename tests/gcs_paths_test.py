@@ -10,7 +10,6 @@ import json
 import os
 import pathlib
 
-from clu import metric_writers
 from etils import epath
 from etils.epath import testing as epath_testing
 import numpy as np
@@ -21,6 +20,7 @@ import pytest
 
 from cfg_jax import checkpointing
 from cfg_jax import input_pipeline
+from cfg_jax import metric_writer_test
 from cfg_jax import runs
 from cfg_jax import train
 from cfg_jax import train_test
@@ -47,17 +47,15 @@ class FakeGCS:
 
 @pytest.fixture
 def fake_gcs(tmp_path, monkeypatch):
-  """Routes gs:// I/O of epath, orbax's tensorstore and the TensorBoard writer to tmp_path.
+  """Routes gs:// I/O of epath (so of the TensorBoard writer too) and of orbax's tensorstore
+  to tmp_path.
 
   epath: its TensorFlow backend is turned off (EPATH_USE_TF) and its public test mock
   maps paths. Orbax: tensorstore gets a local kvstore for gs:// directories, and the
-  bucket has no hierarchical namespace (orbax would ask Cloud Storage). TensorBoard
-  writes through TensorFlow's C++ filesystems, which Python cannot fake: the writer is
-  given the local folder, and the path it was asked for is kept in `fake.logdirs`.
+  bucket has no hierarchical namespace (orbax would ask Cloud Storage).
   """
   fake = FakeGCS(tmp_path / "bucket")
   fake.root.mkdir()
-  fake.logdirs = []
   one = lambda fn, path, *args, **kwargs: fn(fake.local(path), *args, **kwargs)
   two = lambda fn, src, dst, *args, **kwargs: fn(fake.local(src), fake.local(dst), *args,
                                                   **kwargs)
@@ -75,13 +73,6 @@ def fake_gcs(tmp_path, monkeypatch):
                       lambda directory, *args, **kwargs: build_kvstore_tspec(
                           fake.local(directory), *args, **kwargs))
   monkeypatch.setattr(gcs_utils, "is_hierarchical_namespace_enabled", lambda path: False)
-  create_writer = metric_writers.create_default_writer
-
-  def create_local_writer(logdir, **kwargs):
-    fake.logdirs.append(os.fspath(logdir))
-    return create_writer(fake.local(logdir), **kwargs)
-
-  monkeypatch.setattr(metric_writers, "create_default_writer", create_local_writer)
   cwd = tmp_path / "cwd"
   cwd.mkdir()
   monkeypatch.chdir(cwd)
@@ -114,8 +105,9 @@ def test_train_resume_and_sample_with_a_gs_workdir(fake_gcs):
   assert sorted(p.name for p in (bucket_run / "samples").iterdir()) == [
       "step_00000004_w0.png", "step_00000004_w1.png", "step_00000006_w0.png",
       "step_00000006_w1.png"]
-  assert fake_gcs.logdirs == [f"{WORKDIR}/tensorboard"] * 2
-  assert list((bucket_run / "tensorboard").glob("events.out.tfevents.*"))
+  events = metric_writer_test.read_events(bucket_run / "tensorboard")  # two runs, two files
+  assert [e.step for e in events.Scalars("loss")] == [4, 6]  # log_every=4, and the last step
+  assert [e.step for e in events.Images("samples/w1")] == [4, 6]
   assert json.loads(checkpointing.load_config(WORKDIR).to_json()) == json.loads(config.to_json())
   checkpointer = checkpointing.Checkpointer(WORKDIR, max_to_keep=3)
   assert os.fspath(checkpointer.directory) == f"{WORKDIR}/checkpoints"
