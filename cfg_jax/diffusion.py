@@ -16,7 +16,7 @@ Array = jax.Array
 PREDICTIONS = ("eps", "x", "v")
 
 
-def _bcast(a: Array, x: Array) -> Array:
+def expand_to(a: Array, x: Array) -> Array:
   """Reshapes a per-example [B] (or scalar) array to broadcast against x [B, ...]."""
   a = jnp.asarray(a, jnp.float32)
   return a.reshape(a.shape + (1,) * (x.ndim - a.ndim))
@@ -29,31 +29,31 @@ def check_prediction(prediction: str) -> None:
 
 def q_sample(x: Array, logsnr: Array, eps: Array) -> Array:
   """z_λ = α_λ x + σ_λ ε, a draw from q(z_λ | x) given the noise ε."""
-  alpha, sigma = schedules.alpha_sigma(_bcast(logsnr, x))
+  alpha, sigma = schedules.alpha_sigma(expand_to(logsnr, x))
   return alpha * x + sigma * eps
 
 
 def x_from_eps(z: Array, eps: Array, logsnr: Array) -> Array:
   """x = (z - σ ε) / α."""
-  alpha, sigma = schedules.alpha_sigma(_bcast(logsnr, z))
+  alpha, sigma = schedules.alpha_sigma(expand_to(logsnr, z))
   return (z - sigma * eps) / alpha
 
 
 def eps_from_x(z: Array, x: Array, logsnr: Array) -> Array:
   """ε = (z - α x) / σ."""
-  alpha, sigma = schedules.alpha_sigma(_bcast(logsnr, z))
+  alpha, sigma = schedules.alpha_sigma(expand_to(logsnr, z))
   return (z - alpha * x) / sigma
 
 
 def v_from_x_eps(x: Array, eps: Array, logsnr: Array) -> Array:
   """v = α ε - σ x (Salimans & Ho, 2022)."""
-  alpha, sigma = schedules.alpha_sigma(_bcast(logsnr, x))
+  alpha, sigma = schedules.alpha_sigma(expand_to(logsnr, x))
   return alpha * eps - sigma * x
 
 
 def x_eps_from_v(z: Array, v: Array, logsnr: Array) -> tuple[Array, Array]:
   """(x, ε) = (α z - σ v, σ z + α v), exact inverses of z = α x + σ ε and v = α ε - σ x."""
-  alpha, sigma = schedules.alpha_sigma(_bcast(logsnr, z))
+  alpha, sigma = schedules.alpha_sigma(expand_to(logsnr, z))
   return alpha * z - sigma * v, sigma * z + alpha * v
 
 
@@ -108,7 +108,7 @@ def posterior_log_var(logsnr: Array, logsnr_next: Array) -> Array:
 
 def posterior_mean(z: Array, x: Array, logsnr: Array, logsnr_next: Array) -> Array:
   """μ̃_{λ'|λ}(z_λ, x) = e^{λ-λ'} (α_λ'/α_λ) z_λ + (1 - e^{λ-λ'}) α_λ' x."""
-  logsnr, logsnr_next = _bcast(logsnr, z), _bcast(logsnr_next, z)
+  logsnr, logsnr_next = expand_to(logsnr, z), expand_to(logsnr_next, z)
   log_alpha_sq, _ = schedules.log_alpha_sigma_sq(logsnr)
   log_alpha_sq_next, _ = schedules.log_alpha_sigma_sq(logsnr_next)
   d = logsnr - logsnr_next

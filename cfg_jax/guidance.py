@@ -30,7 +30,7 @@ def classifier_free(apply_fn: ApplyFn, params: Any, z: Array, logsnr: Array, lab
   out = apply_fn(params, jnp.concatenate([z, z]), jnp.concatenate([logsnr, logsnr]),
                  jnp.concatenate([labels, jnp.full_like(labels, null_label)]))
   cond, uncond = out[:batch], out[batch:]
-  w = diffusion._bcast(w, cond)
+  w = diffusion.expand_to(w, cond)
   return cond + w * (cond - uncond)
 
 
@@ -42,4 +42,4 @@ def classifier_grad(classifier_fn: ClassifierFn, classifier_params: Any, z: Arra
     log_probs = jax.nn.log_softmax(logits)
     # Examples are independent, so the gradient of the sum is the per-example gradient.
     return jnp.sum(jnp.take_along_axis(log_probs, labels[:, None], axis=-1))
-  return diffusion._bcast(scale, z) * jax.grad(log_prob)(z)
+  return diffusion.expand_to(scale, z) * jax.grad(log_prob)(z)

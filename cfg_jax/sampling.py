@@ -18,6 +18,7 @@ are affine in each other with the same z, so mixing any of them is the paper's m
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import jax
@@ -53,7 +54,7 @@ def _check_options(*, shape, num_steps, null_label, v, logsnr_min, logsnr_max,
   if not (isinstance(v, (int, float)) and 0. <= v <= 1.):
     raise ValueError(f"v must be a float in [0, 1] (paper: 0.3 at 64x64, 0.2 at 128x128), "
                      f"got {v!r}.")
-  schedules._check_range(logsnr_min, logsnr_max)
+  schedules.check_logsnr_range(logsnr_min, logsnr_max)
   diffusion.check_prediction(prediction)
   if sampler not in SAMPLERS:
     raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
@@ -97,6 +98,180 @@ def _check_weight(name: str, value: Any, batch: int) -> Array | None:
   return value.astype(jnp.float32)
 
 
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+  """What `make_sample_fn` fixes for every reverse step (see its arguments)."""
+  apply_fn: ApplyFn
+  null_label: int
+  v: float
+  prediction: str
+  sampler: str
+  clip_x: bool
+  condition_model: bool
+  classifier_fn: guidance.ClassifierFn | None
+  guidance_interval: tuple[float, float] | None
+
+
+def network_output(opts: StepOptions, params: Any, z: Array, logsnr: Array, labels: Array,
+                   w: Array | None, guide: Array) -> Array:
+  """The network output, classifier-free guided when w is given and the step is guided.
+
+  With a guidance interval, `guide` (a traced bool) picks the guided or the single pass.
+  """
+  model_labels = labels if opts.condition_model else jnp.full_like(labels, opts.null_label)
+  unguided = lambda: opts.apply_fn(params, z, logsnr, model_labels).astype(jnp.float32)
+  if w is None:
+    return unguided()
+  guided = lambda: guidance.classifier_free(opts.apply_fn, params, z, logsnr, labels, w,
+                                            opts.null_label).astype(jnp.float32)
+  return guided() if opts.guidance_interval is None else jax.lax.cond(guide, guided, unguided)
+
+
+def classifier_score(z: Array, eps: Array, logsnr: Array, g: Array) -> tuple[Array, Array]:
+  """condition_score: ε̃ = ε - σ_λ g and the x̃ it implies (the deterministic sampler's
+  classifier guidance)."""
+  eps = eps - diffusion.expand_to(schedules.alpha_sigma(logsnr)[1], z) * g
+  return diffusion.x_from_eps(z, eps, logsnr), eps
+
+
+def clipped(z: Array, x: Array, logsnr: Array) -> tuple[Array, Array]:
+  """x̃ clipped to [-1, 1] and the ε̃ it implies."""
+  x = jnp.clip(x, -1., 1.)
+  return x, diffusion.eps_from_x(z, x, logsnr)
+
+
+def ddim_step(x: Array, eps: Array, logsnr_next: Array) -> Array:
+  """The deterministic (probability-flow) step z' = α_λ' x̃ + σ_λ' ε̃."""
+  alpha_next, sigma_next = schedules.alpha_sigma(logsnr_next)
+  return alpha_next * x + sigma_next * eps
+
+
+def stochastic_step(rng: Array, z: Array, x: Array, logsnr: Array, logsnr_next: Array,
+                    v: float, mean_shift: Array | None = None) -> Array:
+  """The paper's step z' ~ N(μ̃_{λ'|λ}(z, x̃) + var · g, var), var = (σ̃²)^{1-v} (σ²_{λ|λ'})^v.
+
+  `mean_shift` is the classifier gradient g (condition_mean), or None.
+  """
+  mean = diffusion.posterior_mean(z, x, logsnr, logsnr_next)
+  var = diffusion.reverse_var(logsnr, logsnr_next, v)
+  if mean_shift is not None:
+    mean = mean + var * mean_shift
+  return mean + jnp.sqrt(var) * jax.random.normal(rng, z.shape)
+
+
+def reverse_step(opts: StepOptions, params: Any, classifier: tuple[Any, Array] | None,
+                 labels: Array, w: Array | None, rng: Array, z: Array, logsnr: Array,
+                 logsnr_next: Array, guide: Array, last: Array) -> Array:
+  """One step z_λ -> z_λ' of Algorithm 2 (λ, λ' scalars); the last step returns x̃.
+
+  `classifier` is (classifier_params, scale) for classifier guidance, else None; `rng`
+  is this step's key; `guide` says whether the step is inside the guidance interval.
+  """
+  logsnr_batch = jnp.full((z.shape[0],), logsnr)
+  out = network_output(opts, params, z, logsnr_batch, labels, w, guide)
+  x, eps = diffusion.to_x_eps(z, out, logsnr_batch, prediction=opts.prediction)
+  g = None
+  if classifier is not None:
+    classifier_params, scale = classifier
+    g = guidance.classifier_grad(opts.classifier_fn, classifier_params, z, logsnr_batch,
+                                 labels, jnp.where(guide, scale, 0.))
+    if opts.sampler == "ddim":
+      x, eps = classifier_score(z, eps, logsnr_batch, g)
+  if opts.clip_x:
+    x, eps = clipped(z, x, logsnr_batch)
+  if opts.sampler == "ddim":
+    z_next = ddim_step(x, eps, logsnr_next)
+  else:
+    z_next = stochastic_step(rng, z, x, logsnr, logsnr_next, opts.v, g)
+  return jnp.where(last, x, z_next)
+
+
+class SampleFn:
+  """The sampler that `make_sample_fn` returns: T reverse steps from z_1 ~ N(0, I).
+
+  A call runs the steps as one `lax.scan` inside one jit; `lower` lowers that program;
+  `loop` runs the same steps as a Python loop over a jitted step. All three validate
+  their arguments first, before anything is traced.
+  """
+
+  def __init__(self, opts: StepOptions, *, shape: tuple[int, ...], num_steps: int,
+               logsnr_min: float, logsnr_max: float, return_trajectory: bool):
+    self.opts, self.shape, self.num_steps = opts, shape, num_steps
+    self.return_trajectory = return_trajectory
+    self.logsnrs = np.asarray(schedules.sampling_logsnrs(num_steps, logsnr_min=logsnr_min,
+                                                         logsnr_max=logsnr_max))
+    # The last step returns x̃; its "next" λ only keeps the unused branch finite.
+    self.logsnrs_next = np.append(self.logsnrs[1:], self.logsnrs[-1] + 1.).astype(np.float32)
+    interval = opts.guidance_interval
+    self.guided = (np.ones(num_steps, bool) if interval is None else
+                   (self.logsnrs >= interval[0]) & (self.logsnrs <= interval[1]))
+    self._scan = xla_options.jit(self._sample)
+    self._init_jit = xla_options.jit(self._init)
+    # z is donated: each step overwrites the last one's buffer (unless all are returned).
+    self._step_jit = xla_options.jit(self._step,
+                                     donate_argnums=() if return_trajectory else (5,))
+
+  def _init(self, rng: Array, labels: Array) -> tuple[Array, Array]:
+    """z_1 ~ N(0, I) and the key of the steps' noise."""
+    rng_init, rng_steps = jax.random.split(rng)
+    return jax.random.normal(rng_init, (labels.shape[0],) + self.shape, jnp.float32), rng_steps
+
+  def _step(self, params, labels, w, classifier, rng_steps, z, i):
+    """Step i (traced) of the T steps."""
+    logsnr, logsnr_next, guide = (jnp.asarray(a)[i]
+                                  for a in (self.logsnrs, self.logsnrs_next, self.guided))
+    return reverse_step(self.opts, params, classifier, labels, w,
+                        jax.random.fold_in(rng_steps, i), z, logsnr, logsnr_next, guide,
+                        i == self.num_steps - 1)
+
+  def _sample(self, params, rng, labels, w, classifier):
+    z, rng_steps = self._init(rng, labels)
+
+    def body(z, i):
+      z_next = self._step(params, labels, w, classifier, rng_steps, z, i)
+      return z_next, (z_next if self.return_trajectory else None)
+
+    x, trajectory = jax.lax.scan(body, z, jnp.arange(self.num_steps))
+    return (x, trajectory) if self.return_trajectory else x
+
+  def _check(self, labels, w, classifier_params, classifier_scale):
+    """(labels, w, classifier) validated, or ValueError naming the argument."""
+    opts = self.opts
+    labels = _check_labels(labels, opts.null_label)
+    w = _check_weight("w", w, labels.shape[0])
+    if w is not None and not opts.condition_model:
+      raise ValueError("w (classifier-free guidance) needs a conditional model; this sampler "
+                       "was made with condition_model=False.")
+    scale = _check_weight("classifier_scale", classifier_scale, labels.shape[0])
+    if opts.classifier_fn is None:
+      if classifier_params is not None or scale is not None:
+        raise ValueError("classifier_params/classifier_scale need make_sample_fn(..., "
+                         "classifier_fn=...).")
+      return labels, w, None
+    if scale is None:
+      raise ValueError("This sampler does classifier guidance: pass classifier_scale (and "
+                       "the classifier_params of classifier_fn).")
+    return labels, w, (classifier_params, scale)
+
+  def __call__(self, params, rng, labels, w=None, *, classifier_params=None,
+               classifier_scale=None):
+    return self._scan(params, rng, *self._check(labels, w, classifier_params, classifier_scale))
+
+  def lower(self, params, rng, labels, w=None, *, classifier_params=None, classifier_scale=None):
+    return self._scan.lower(params, rng,
+                            *self._check(labels, w, classifier_params, classifier_scale))
+
+  def loop(self, params, rng, labels, w=None, *, classifier_params=None, classifier_scale=None):
+    checked = self._check(labels, w, classifier_params, classifier_scale)
+    z, rng_steps = self._init_jit(rng, checked[0])
+    trajectory = []
+    for i in range(self.num_steps):
+      z = self._step_jit(params, *checked, rng_steps, z, i)
+      if self.return_trajectory:
+        trajectory.append(z)
+    return (z, jnp.stack(trajectory)) if self.return_trajectory else z
+
+
 def make_sample_fn(apply_fn: ApplyFn, *, shape: tuple[int, ...], num_steps: int,
                    null_label: int, v: float = 0.3, logsnr_min: float = -20.,
                    logsnr_max: float = 20., prediction: str = "eps",
@@ -104,7 +279,7 @@ def make_sample_fn(apply_fn: ApplyFn, *, shape: tuple[int, ...], num_steps: int,
                    guidance_interval: tuple[float, float] | None = None,
                    return_trajectory: bool = False,
                    classifier_fn: guidance.ClassifierFn | None = None,
-                   condition_model: bool = True) -> Callable[..., Any]:
+                   condition_model: bool = True) -> SampleFn:
   """Builds the jitted guided sampler `sample_fn(params, rng, labels, w)` (Algorithm 2).
 
   Args:
@@ -132,120 +307,21 @@ def make_sample_fn(apply_fn: ApplyFn, *, shape: tuple[int, ...], num_steps: int,
     `sample_fn(params, rng, labels, w=None, *, classifier_params=None,
     classifier_scale=None) -> x` ([B, *shape] float32), or `(x, trajectory)`.
     labels: int [B]; w and classifier_scale: None, a float, a scalar or a [B] array.
-    `sample_fn.lower` lowers the jitted core with the same arguments (AOT compilation,
+    `sample_fn.lower` lowers the jitted scan with the same arguments (AOT compilation,
     cost analysis). `sample_fn.loop` takes the same arguments and computes the same x
     with a Python loop over a jitted step, one dispatch per step: slower, but the place
     to inspect or stream each step.
+
+  Each step is `reverse_step`; the functions it calls (`network_output`,
+  `classifier_score`, `clipped`, `ddim_step`, `stochastic_step`) are the pieces of
+  Algorithm 2 and of classifier guidance, each usable alone.
   """
   _check_options(shape=shape, num_steps=num_steps, null_label=null_label, v=v,
                  logsnr_min=logsnr_min, logsnr_max=logsnr_max, prediction=prediction,
                  sampler=sampler, guidance_interval=guidance_interval)
-  shape, num_steps, null_label = tuple(int(d) for d in shape), int(num_steps), int(null_label)
-  logsnrs = np.asarray(schedules.sampling_logsnrs(num_steps, logsnr_min=logsnr_min,
-                                                  logsnr_max=logsnr_max))
-  # The last step returns x̃; its "next" λ only keeps the unused branch finite.
-  logsnrs_next = np.append(logsnrs[1:], logsnrs[-1] + 1.).astype(np.float32)
-  if guidance_interval is None:
-    guided = np.ones(num_steps, bool)
-  else:
-    guided = (logsnrs >= guidance_interval[0]) & (logsnrs <= guidance_interval[1])
-
-  def network(params, z, logsnr, labels, w, guide):
-    """The network output, classifier-free guided when w is given and the step is guided."""
-    model_labels = labels if condition_model else jnp.full_like(labels, null_label)
-    unguided = lambda: apply_fn(params, z, logsnr, model_labels).astype(jnp.float32)
-    if w is None:
-      return unguided()
-    guided_fn = lambda: guidance.classifier_free(apply_fn, params, z, logsnr, labels, w,
-                                                 null_label).astype(jnp.float32)
-    return guided_fn() if guidance_interval is None else jax.lax.cond(guide, guided_fn, unguided)
-
-  def step_fn(params, classifier, labels, w, rng, z, i, logsnr_t, logsnr_s, guide):
-    """One reverse step z_t -> z_{t+1}; the last step returns x̃."""
-    logsnr = jnp.full((z.shape[0],), logsnr_t)
-    x, eps = diffusion.to_x_eps(z, network(params, z, logsnr, labels, w, guide), logsnr,
-                                prediction=prediction)
-    g = None
-    if classifier is not None:
-      classifier_params, scale = classifier
-      scale = jnp.where(guide, scale, 0.)
-      g = guidance.classifier_grad(classifier_fn, classifier_params, z, logsnr, labels, scale)
-      if sampler == "ddim":  # score form: ε̃ = ε - σ g
-        eps = eps - diffusion._bcast(schedules.alpha_sigma(logsnr)[1], z) * g
-        x = diffusion.x_from_eps(z, eps, logsnr)
-    if clip_x:
-      x = jnp.clip(x, -1., 1.)
-      eps = diffusion.eps_from_x(z, x, logsnr)
-    if sampler == "ddim":
-      alpha_s, sigma_s = schedules.alpha_sigma(logsnr_s)
-      z_next = alpha_s * x + sigma_s * eps
-    else:
-      mean = diffusion.posterior_mean(z, x, logsnr_t, logsnr_s)
-      var = jnp.exp(diffusion.reverse_log_var(logsnr_t, logsnr_s, v))
-      if g is not None:  # condition_mean: shift by (reverse variance) · g
-        mean = mean + var * g
-      z_next = mean + jnp.sqrt(var) * jax.random.normal(jax.random.fold_in(rng, i), z.shape)
-    return jnp.where(i == num_steps - 1, x, z_next)
-
-  def init(rng, labels):
-    """z_1 ~ N(0, I) and the key of the steps' noise."""
-    rng_init, rng_steps = jax.random.split(rng)
-    return jax.random.normal(rng_init, (labels.shape[0],) + shape, jnp.float32), rng_steps
-
-  def step(params, labels, w, classifier, rng_steps, z, i):
-    """Step i (traced) of the T steps."""
-    logsnr_t, logsnr_s, guide = (jnp.asarray(a)[i] for a in (logsnrs, logsnrs_next, guided))
-    return step_fn(params, classifier, labels, w, rng_steps, z, i, logsnr_t, logsnr_s, guide)
-
-  def sample(params, rng, labels, w, classifier):
-    z, rng_steps = init(rng, labels)
-
-    def body(z, i):
-      z_next = step(params, labels, w, classifier, rng_steps, z, i)
-      return z_next, (z_next if return_trajectory else None)
-
-    x, trajectory = jax.lax.scan(body, z, jnp.arange(num_steps))
-    return (x, trajectory) if return_trajectory else x
-
-  jitted = xla_options.jit(sample)
-
-  def check(labels, w, classifier_params, classifier_scale):
-    labels = _check_labels(labels, null_label)
-    w = _check_weight("w", w, labels.shape[0])
-    if w is not None and not condition_model:
-      raise ValueError("w (classifier-free guidance) needs a conditional model; this sampler "
-                       "was made with condition_model=False.")
-    scale = _check_weight("classifier_scale", classifier_scale, labels.shape[0])
-    if classifier_fn is None:
-      if classifier_params is not None or scale is not None:
-        raise ValueError("classifier_params/classifier_scale need make_sample_fn(..., "
-                         "classifier_fn=...).")
-      return labels, w, None
-    if scale is None:
-      raise ValueError("This sampler does classifier guidance: pass classifier_scale (and "
-                       "the classifier_params of classifier_fn).")
-    return labels, w, (classifier_params, scale)
-
-  def sample_fn(params, rng, labels, w=None, *, classifier_params=None, classifier_scale=None):
-    return jitted(params, rng, *check(labels, w, classifier_params, classifier_scale))
-
-  def lower(params, rng, labels, w=None, *, classifier_params=None, classifier_scale=None):
-    return jitted.lower(params, rng, *check(labels, w, classifier_params, classifier_scale))
-
-  jitted_init = xla_options.jit(init)
-  # z is donated: each step overwrites the last one's buffer (unless all are returned).
-  jitted_step = xla_options.jit(step, donate_argnums=() if return_trajectory else (5,))
-
-  def loop(params, rng, labels, w=None, *, classifier_params=None, classifier_scale=None):
-    checked = check(labels, w, classifier_params, classifier_scale)
-    z, rng_steps = jitted_init(rng, checked[0])
-    trajectory = []
-    for i in range(num_steps):
-      z = jitted_step(params, *checked, rng_steps, z, i)
-      if return_trajectory:
-        trajectory.append(z)
-    return (z, jnp.stack(trajectory)) if return_trajectory else z
-
-  sample_fn.lower = lower
-  sample_fn.loop = loop
-  return sample_fn
+  opts = StepOptions(apply_fn=apply_fn, null_label=int(null_label), v=v, prediction=prediction,
+                     sampler=sampler, clip_x=clip_x, condition_model=condition_model,
+                     classifier_fn=classifier_fn, guidance_interval=guidance_interval)
+  return SampleFn(opts, shape=tuple(int(d) for d in shape), num_steps=int(num_steps),
+                  logsnr_min=logsnr_min, logsnr_max=logsnr_max,
+                  return_trajectory=return_trajectory)

@@ -5,7 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cfg_jax import diffusion
 from cfg_jax import mixture
+from cfg_jax import sampling
+from cfg_jax import schedules
 from cfg_jax.sampling import make_sample_fn
 
 # Three 2-D Gaussians with distinct, anisotropic covariances; ∅ is label 3.
@@ -194,3 +197,36 @@ def test_bad_call_arguments_raise_before_compiling(labels, w, match):
   with pytest.raises(ValueError, match=match):
     sample_fn(None, jax.random.PRNGKey(0), labels, w)
   assert not traces
+
+
+def test_ddim_step_keeps_x_and_eps_and_moves_to_the_next_logsnr():
+  x, eps = jnp.float32([[0.5, -0.2]]), jnp.float32([[1.0, 0.3]])
+  alpha, sigma = schedules.alpha_sigma(jnp.float32(1.5))
+  np.testing.assert_allclose(sampling.ddim_step(x, eps, jnp.float32(1.5)),
+                             alpha * x + sigma * eps, rtol=1e-6)
+
+
+def test_stochastic_step_draws_from_the_reverse_gaussian():
+  z, x = jnp.full((20_000, 1), 0.4), jnp.full((20_000, 1), -0.3)
+  logsnr, logsnr_next, v = jnp.float32(-1.), jnp.float32(0.5), 0.3
+  shift = jnp.float32(2.)
+  out = np.asarray(sampling.stochastic_step(jax.random.PRNGKey(0), z, x, logsnr, logsnr_next,
+                                            v, shift))
+  var = float(diffusion.reverse_var(logsnr, logsnr_next, v))
+  mean = float(diffusion.posterior_mean(z[:1], x[:1], logsnr, logsnr_next)[0, 0]) + var * 2.
+  assert abs(out.mean() - mean) < 4 * np.sqrt(var / len(out))
+  np.testing.assert_allclose(out.var(), var, rtol=0.05)
+
+
+def test_classifier_score_and_clipping_stay_on_z():
+  """Both return an (x̃, ε̃) pair with α x̃ + σ ε̃ = z, as the sampler's steps need."""
+  z = jnp.float32([[2.5, -0.1], [0.3, 0.9]])
+  logsnr = jnp.float32([-0.5, 2.])
+  eps, g = jnp.float32([[0.2, 0.1], [-0.4, 1.]]), jnp.float32([[1., -1.], [0.5, 0.]])
+  alpha, sigma = (a[:, None] for a in schedules.alpha_sigma(logsnr))
+  x_score, eps_score = sampling.classifier_score(z, eps, logsnr, g)
+  np.testing.assert_allclose(eps_score, eps - sigma * g, rtol=1e-6)
+  x_clip, eps_clip = sampling.clipped(z, jnp.float32([[3., -0.5], [0.2, -7.]]), logsnr)
+  np.testing.assert_array_equal(x_clip, jnp.float32([[1., -0.5], [0.2, -1.]]))
+  for x, e in ((x_score, eps_score), (x_clip, eps_clip)):
+    np.testing.assert_allclose(alpha * x + sigma * e, z, rtol=1e-5, atol=1e-6)

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def _check_range(logsnr_min: float, logsnr_max: float) -> None:
+def check_logsnr_range(logsnr_min: float, logsnr_max: float) -> None:
+  """ValueError unless logsnr_min < logsnr_max, both finite."""
   if not (math.isfinite(logsnr_min) and math.isfinite(logsnr_max)):
     raise ValueError(f"logsnr_min and logsnr_max must be finite, got "
                      f"logsnr_min={logsnr_min}, logsnr_max={logsnr_max}.")
@@ -30,7 +31,7 @@ def _check_range(logsnr_min: float, logsnr_max: float) -> None:
 
 def _angles(logsnr_min: float, logsnr_max: float) -> tuple[float, float, float]:
   """(a, b, c) in float64: the angle is a u + b, and π/2 - (a u + b) = a (1 - u) + c."""
-  _check_range(logsnr_min, logsnr_max)
+  check_logsnr_range(logsnr_min, logsnr_max)
   b = math.atan(math.exp(-0.5 * logsnr_max))
   c = math.atan(math.exp(0.5 * logsnr_min))  # = π/2 - arctan(e^{-λ_min/2})
   a = math.pi / 2 - b - c
