@@ -21,7 +21,7 @@ def test_the_options_compile_and_keep_results():
 def test_jit_takes_the_options_at_top_level_and_nests_without_them():
   f = xla_options.jit(lambda x: 2. * x)
   assert float(f(1.)) == 2.
-  assert xla_options._top_level()  # pylint: disable=protected-access
-  assert float(jax.jit(lambda x: x + xla_options._top_level())(0.)) == 0.  # pylint: disable=protected-access
   assert float(jax.jit(lambda x: f(x) + 1.)(1.)) == 3.
+  assert float(jax.jit(lambda: f(1.))()) == 2.  # nested, with only constant arguments
   assert jax.vmap(f)(jax.numpy.ones(3)).tolist() == [2., 2., 2.]
+  assert float(jax.grad(f)(1.)) == 2.
