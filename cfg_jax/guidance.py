@@ -1,9 +1,9 @@
 """Guidance: the classifier-free mix of Ho & Salimans and the classifier gradient of ADM.
 
-Classifier-free (SPEC section 3): out = (1 + w) out(z, c) - w out(z, ∅), both halves from
+Classifier-free (Ho & Salimans, Algorithm 2): out = (1 + w) out(z, c) - w out(z, ∅), both halves from
 one pass of the network on the doubled batch.
 
-Classifier guidance (SPEC section 4, Dhariwal & Nichol): g = s ∇_z log p_φ(c | z_λ, λ).
+Classifier guidance (Dhariwal & Nichol): g = s ∇_z log p_φ(c | z_λ, λ).
 The stochastic sampler shifts the reverse-step mean by (reverse variance) · g
 (`condition_mean`); the deterministic one uses the score form ε̃ = ε - σ_λ g
 (`condition_score`), since ε = -σ_λ ∇_z log p(z_λ).

@@ -1,4 +1,4 @@
-"""The continuous-time log-SNR schedule of Ho & Salimans (SPEC section 1).
+"""The continuous-time log-SNR schedule of Ho & Salimans.
 
 λ = log(α²/σ²) runs over [logsnr_min, logsnr_max]. The schedule is the
 "hyperbolic secant truncated to the interval":
