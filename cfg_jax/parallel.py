@@ -6,8 +6,6 @@ each device on its rows and turns batch means into all-reduces, which is what
 """
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
@@ -32,10 +30,6 @@ def batch_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
 def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
   """Assembles the global batch from each host's rows (host p holds rows p*B/P..)."""
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
-
-
-def put_replicated(tree: Any, mesh: jax.sharding.Mesh) -> Any:
-  return jax.device_put(tree, replicated(mesh))
 
 
 def to_host(x: jax.Array) -> np.ndarray:
