@@ -17,7 +17,7 @@ labels spread evenly over the classes and measures them against the run's data:
 
 Feature nets (cfg_jax.feature_nets): --inception_weights selects the FID InceptionV3
 (required for imagenet sources); other images use the eval classifier of
---eval_classifier_config (configs/mnist_eval_classifier.py), trained on the run's data on
+--eval_classifier_config (the preset mnist_eval_classifier.py), trained on the run's data on
 first use (minutes on a CPU) and cached in --eval_classifier_dir; toy2d uses the points themselves and the
 exact class posterior. Images are rounded to uint8 before their features are taken, as
 the data and saved samples are.
@@ -31,6 +31,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import importlib.resources
 import io
 import json
 import math
@@ -55,8 +56,8 @@ from cfg_jax import runtime
 from cfg_jax import sampling
 from cfg_jax import visualization
 
-DEFAULT_EVAL_CLASSIFIER_CONFIG = (epath.Path(__file__).parent.parent / "configs" /
-                                  "mnist_eval_classifier.py")
+DEFAULT_EVAL_CLASSIFIER_CONFIG = importlib.resources.files("cfg_jax.configs").joinpath(
+    "mnist_eval_classifier.py")
 DEFAULT_NUM_REAL = 50_000  # the FID convention
 COLUMNS = ("w", "classifier_scale", "fid", "inception_score", "inception_score_std",
            "precision", "recall", "accuracy", "num_samples")
@@ -349,14 +350,15 @@ def main(argv):
     raise app.UsageError(str(e)) from e
   runtime.set_up_process()
   out = epath.Path(f.out or epath.Path(f.workdir) / "eval")
-  rows = evaluate(f.workdir, ws=ws, num_samples=f.num_samples, steps=f.steps, out=out,
-                  classifier_workdir=f.classifier_workdir, classifier_scales=scales,
-                  inception_weights=f.inception_weights,
-                  eval_classifier_config=f.eval_classifier_config,
-                  eval_classifier_dir=f.eval_classifier_dir, num_real=f.num_real, k=f.k,
-                  is_splits=f.is_splits, batch_size=f.batch_size,
-                  feature_batch_size=f.feature_batch_size, seed=f.seed, v=f.sampling_v,
-                  sampler=f.sampler, clip_x=f.clip_x)
+  with runtime.one_line_errors("cfg_jax.evaluate"):
+    rows = evaluate(f.workdir, ws=ws, num_samples=f.num_samples, steps=f.steps, out=out,
+                    classifier_workdir=f.classifier_workdir, classifier_scales=scales,
+                    inception_weights=f.inception_weights,
+                    eval_classifier_config=f.eval_classifier_config,
+                    eval_classifier_dir=f.eval_classifier_dir, num_real=f.num_real, k=f.k,
+                    is_splits=f.is_splits, batch_size=f.batch_size,
+                    feature_batch_size=f.feature_batch_size, seed=f.seed, v=f.sampling_v,
+                    sampler=f.sampler, clip_x=f.clip_x)
   if jax.process_index() == 0:
     print((out / "metrics.md").read_text())
     print(f"Wrote {len(rows)} rows to {out}: metrics.csv, metrics.md, fid_vs_is.png")
