@@ -16,6 +16,8 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
+from cfg_jax import files
+
 class CheckpointWriteError(OSError):
   """A checkpoint could not be written; earlier ones are untouched."""
 
@@ -118,7 +120,7 @@ def save_config(workdir: epath.PathLike, config: ml_collections.ConfigDict) -> N
   if jax.process_index() == 0:
     path = epath.Path(workdir) / CONFIG_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(config.to_json(indent=2))
+    files.write_text_atomic(path, config.to_json(indent=2))
 
 
 def load_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:

@@ -47,6 +47,7 @@ import numpy as np
 
 from cfg_jax import config_lib
 from cfg_jax import feature_nets
+from cfg_jax import files
 from cfg_jax import input_pipeline
 from cfg_jax import metrics
 from cfg_jax import runs
@@ -155,7 +156,7 @@ def real_statistics(net: feature_nets.FeatureNet, run_config: ml_collections.Con
     buffer = io.BytesIO()
     np.savez(buffer, mu=mu, sigma=sigma, features=features, description=description)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(buffer.getvalue())
+    files.write_bytes_atomic(path, buffer.getvalue())
   return RealStatistics(mu, sigma, features)
 
 
@@ -189,7 +190,7 @@ def write_results(rows: Sequence[dict[str, Any]], out: epath.PathLike, *, title:
   writer.writeheader()
   for row in rows:
     writer.writerow({c: "" if _is_missing(row[c]) else row[c] for c in COLUMNS})
-  (out / "metrics.csv").write_text(buffer.getvalue())
+  files.write_text_atomic(out / "metrics.csv", buffer.getvalue())
 
   lines = [f"# Evaluation of {title}", "", *[f"- {note}" for note in notes], "",
            "| w | classifier scale | FID | IS | precision | recall | accuracy |",
@@ -200,7 +201,7 @@ def write_results(rows: Sequence[dict[str, Any]], out: epath.PathLike, *, title:
                  f"{row['fid']:.4g} | {row['inception_score']:.4g} ± "
                  f"{row['inception_score_std']:.2g} | {row['precision']:.3f} | "
                  f"{row['recall']:.3f} | {'–' if _is_missing(accuracy) else f'{accuracy:.3f}'} |")
-  (out / "metrics.md").write_text("\n".join(lines) + "\n")
+  files.write_text_atomic(out / "metrics.md", "\n".join(lines) + "\n")
   _plot_fid_vs_is(rows, out / "fid_vs_is.png", title=title)
 
 

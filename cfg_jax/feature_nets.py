@@ -50,6 +50,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from cfg_jax import files
 from cfg_jax import input_pipeline
 from cfg_jax import mixture
 from cfg_jax import parallel
@@ -595,8 +596,8 @@ def eval_classifier_net(classifier_config: ml_collections.ConfigDict,
             "data": data_fields(run_config), "classifier": classifier_config.to_dict()}
     if jax.process_index() == 0:
       directory.mkdir(parents=True, exist_ok=True)
-      (directory / "params.msgpack").write_bytes(raw)
-      info_path.write_text(json.dumps(info, indent=2, default=list))
+      files.write_bytes_atomic(directory / "params.msgpack", raw)
+      files.write_text_atomic(info_path, json.dumps(info, indent=2, default=list))
     logging.info("Eval classifier trained in %.0f s, held-out accuracy %.4f.",
                  info["train_seconds"], accuracy)
   return _classifier_feature_net(model, params, hashlib.sha256(raw).hexdigest(),

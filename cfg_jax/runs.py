@@ -17,6 +17,7 @@ import tqdm
 
 from cfg_jax import checkpointing
 from cfg_jax import config_lib
+from cfg_jax import files
 from cfg_jax import models
 from cfg_jax import parallel
 from cfg_jax import sampling
@@ -130,4 +131,4 @@ def write_samples(x: np.ndarray, labels: np.ndarray, out: epath.Path, name: str,
     arrays["points"] = x.astype(np.float32)
   buffer = io.BytesIO()
   np.savez(buffer, **arrays)
-  (out / f"{name}.npz").write_bytes(buffer.getvalue())
+  files.write_bytes_atomic(out / f"{name}.npz", buffer.getvalue())

@@ -7,6 +7,8 @@ from etils import epath
 import numpy as np
 from PIL import Image
 
+from cfg_jax import files
+
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
   """Images in [-1, 1] to uint8 in [0, 255] (values outside are clipped)."""
@@ -38,7 +40,7 @@ def write_png(array_or_figure, path: epath.PathLike) -> None:
     Image.fromarray(image).save(buffer, format="PNG")
   else:
     array_or_figure.savefig(buffer, format="png", dpi=100)
-  path.write_bytes(buffer.getvalue())
+  files.write_bytes_atomic(path, buffer.getvalue())
 
 
 def save_samples(x: np.ndarray, labels: np.ndarray, path: epath.PathLike, *,
