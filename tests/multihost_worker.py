@@ -13,7 +13,9 @@ the job). OUT.npz holds, for this process:
   params/*, ema/*      its copy of the final parameters, in memory at the last save;
   restored_ema/*       the EMA params `runs.load_run` restored from the checkpoint;
   writes               the files under WORKDIR it wrote through epath (the metadata;
-                       array data goes through tensorstore and is not listed);
+                       array data goes through tensorstore and is not listed), each
+                       under its final name (files are written to a temporary name and
+                       renamed);
   preempted_exit_code, preempted_saved_steps
                        what the endless run returned and the steps it saved.
 
@@ -21,6 +23,7 @@ The data and model are configs/toy2d.py, shrunk: the MNIST UNet compiles for min
 per process on two shared cores, and every process compiles each program twice.
 """
 import pathlib
+import re
 import sys
 
 from etils import epath
@@ -29,6 +32,7 @@ import numpy as np
 
 from cfg_jax import checkpointing
 from cfg_jax import config_lib
+from cfg_jax import files
 from cfg_jax import input_pipeline
 from cfg_jax import runs
 from cfg_jax import runtime
@@ -108,7 +112,8 @@ def main(workdir: str, out: str, progress: str) -> None:
 
   def record_write(path, *args, **kwargs):
     if str(path).startswith(f"{workdir}/"):
-      writes.append(str(path)[len(str(workdir)) + 1:])
+      writes.append(re.sub(rf"{re.escape(files.TMP_MARK)}[0-9a-f]{{16}}$", "",
+                           str(path)[len(str(workdir)) + 1:]))
 
   for method in ("write_text", "write_bytes"):
     _spy(type(workdir), method, record_write)
