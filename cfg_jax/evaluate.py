@@ -22,6 +22,9 @@ first use (minutes on a CPU) and cached in --eval_classifier_dir; toy2d uses the
 exact class posterior. Images are rounded to uint8 before their features are taken, as
 the data and saved samples are.
 
+The newest checkpoint that restores is evaluated, or --step. Checkpoints are only read,
+so a run can be evaluated while it trains.
+
 Writes to --out (default <workdir>/eval): metrics.csv, metrics.md and fid_vs_is.png, FID
 against IS with one curve per classifier scale whose points are labelled by w (the
 paper's trade-off figure). w is the paper's: ε̃ = (1 + w) ε(z, c) − w ε(z, ∅).
@@ -230,7 +233,8 @@ def _plot_fid_vs_is(rows: Sequence[dict[str, Any]], path: epath.Path, *, title: 
 
 
 def evaluate(workdir: epath.PathLike, *, ws: Sequence[float], num_samples: int, steps: int,
-             out: epath.PathLike | None = None, classifier_workdir: epath.PathLike | None = None,
+             out: epath.PathLike | None = None, step: int | None = None,
+             classifier_workdir: epath.PathLike | None = None,
              classifier_scales: Sequence[float] | None = None,
              inception_weights: epath.PathLike | None = None,
              eval_classifier_config: ml_collections.ConfigDict | None = None,
@@ -250,7 +254,7 @@ def evaluate(workdir: epath.PathLike, *, ws: Sequence[float], num_samples: int, 
   if (classifier_workdir is None) != (classifier_scales is None):
     raise ValueError("--classifier_workdir and --classifier_scale go together.")
   workdir = epath.Path(workdir)
-  run = runs.load_run(workdir)
+  run = runs.load_run(workdir, step=step)
   classifier = None
   if classifier_workdir is not None:
     try:
@@ -302,6 +306,8 @@ def _define_flags() -> None:
   would otherwise fail on a duplicate flag.
   """
   flags.DEFINE_string("workdir", None, "A training run (python -m cfg_jax.train --workdir).")
+  flags.DEFINE_integer("step", None, "The checkpoint (training step) to evaluate; default: "
+                       "the newest that restores. Not --steps, the sampling steps.")
   flags.DEFINE_list("w", ["0", "0.1", "0.3", "0.5", "1", "2", "4"],
                     "Guidance weights w (paper's; scale = 1 + w).")
   flags.DEFINE_integer("num_samples", 1000, "Samples per (w, s), spread evenly over the classes.")
@@ -348,14 +354,15 @@ def main(argv):
     raise app.UsageError(str(e)) from e
   runtime.set_up_process()
   out = epath.Path(f.out or epath.Path(f.workdir) / "eval")
-  rows = evaluate(f.workdir, ws=ws, num_samples=f.num_samples, steps=f.steps, out=out,
-                  classifier_workdir=f.classifier_workdir, classifier_scales=scales,
-                  inception_weights=f.inception_weights,
-                  eval_classifier_config=f.eval_classifier_config,
-                  eval_classifier_dir=f.eval_classifier_dir, num_real=f.num_real, k=f.k,
-                  is_splits=f.is_splits, batch_size=f.batch_size,
-                  feature_batch_size=f.feature_batch_size, seed=f.seed, v=f.sampling_v,
-                  sampler=f.sampler, clip_x=f.clip_x)
+  with runtime.one_line_errors("cfg_jax.evaluate"):
+    rows = evaluate(f.workdir, ws=ws, num_samples=f.num_samples, steps=f.steps, out=out,
+                    step=f.step, classifier_workdir=f.classifier_workdir,
+                    classifier_scales=scales, inception_weights=f.inception_weights,
+                    eval_classifier_config=f.eval_classifier_config,
+                    eval_classifier_dir=f.eval_classifier_dir, num_real=f.num_real, k=f.k,
+                    is_splits=f.is_splits, batch_size=f.batch_size,
+                    feature_batch_size=f.feature_batch_size, seed=f.seed, v=f.sampling_v,
+                    sampler=f.sampler, clip_x=f.clip_x)
   if jax.process_index() == 0:
     print((out / "metrics.md").read_text())
     print(f"Wrote {len(rows)} rows to {out}: metrics.csv, metrics.md, fid_vs_is.png")

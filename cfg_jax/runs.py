@@ -33,20 +33,26 @@ class Run:
   step: int
 
 
-def load_run(workdir: epath.PathLike) -> Run:
-  """Restores the config and the latest EMA params of a training run, replicated."""
+def load_run(workdir: epath.PathLike, *, step: int | None = None) -> Run:
+  """Restores the config and EMA params of a training run, replicated.
+
+  The newest checkpoint that restores, or `step` (see `Checkpointer.restore_newest`).
+  The checkpoints are opened read-only: reading never disturbs a run that is training.
+  """
   config = checkpointing.load_config(workdir)
   config_lib.validate(config)
   model = models.create_model(config)
-  checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=config.training.max_to_keep)
-  step = checkpointer.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"--workdir={workdir} has no checkpoint yet.")
   mesh = parallel.data_mesh()
   abstract = checkpointing.abstract_like(models.param_shapes(model, config),
                                          parallel.replicated(mesh))
-  params = checkpointer.restore_params(step, abstract, config)
-  checkpointer.close()
+  checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
+  try:
+    step, params = checkpointer.restore_newest(
+        lambda s: checkpointer.restore_params(s, abstract, config), step=step)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"--workdir={workdir} has no checkpoint yet.") from e
+  finally:
+    checkpointer.close()
   return Run(config, model, params, step)
 
 

@@ -236,9 +236,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> int:
   latest = checkpointer.latest_step()
   if latest is None:
     state = jax.jit(init, out_shardings=replicated)()
-  else:
+  else:  # the newest checkpoint that restores; damaged newer ones are moved aside
     abstract = checkpointing.abstract_like(jax.eval_shape(init), replicated)
-    state, _ = checkpointer.restore(latest, abstract, config)
+    latest, (state, _) = checkpointer.restore_newest(
+        lambda step: checkpointer.restore(step, abstract, config), move_damaged=True)
     logging.info("Resumed from %s at step %d.", checkpointer.directory, latest)
   checkpointing.save_config(workdir, config)  # after the restore, which may refuse the workdir
   step = int(state.step)

@@ -132,6 +132,24 @@ def test_train_resume_and_sample_with_a_gs_workdir(fake_gcs):
   assert sorted(p.name for p in (bucket_run / "samples_cli").iterdir()) == ["w1.npz", "w1.png"]
 
 
+def _bucket_files(fake_gcs):
+  return {str(p.relative_to(fake_gcs.root)): p.read_bytes() for p in
+          sorted(fake_gcs.root.rglob("*")) if p.is_file()}
+
+
+def test_readers_of_a_gs_workdir_write_nothing_and_keep_an_in_flight_save(fake_gcs):
+  config = train_test.toy_config(num_steps=4, checkpoint_every=2)
+  assert train.train_and_evaluate(config, WORKDIR) == 0
+  # A save in progress: on Cloud Storage orbax writes the step's folder in place and
+  # marks it complete with commit_success.txt last.
+  in_flight = epath.Path(WORKDIR) / "checkpoints" / "6" / "state"
+  in_flight.mkdir(parents=True)
+  (in_flight / "_METADATA").write_text("{}")
+  before = _bucket_files(fake_gcs)
+  run = runs.load_run(WORKDIR)
+  assert run.step == 4 and _bucket_files(fake_gcs) == before
+
+
 def test_load_config_names_the_gs_workdir(fake_gcs):
   with pytest.raises(FileNotFoundError, match=r"--workdir=gs://cfg-jax-test/nothing holds no"):
     checkpointing.load_config("gs://cfg-jax-test/nothing")
