@@ -15,6 +15,7 @@ unreadable metadata) is reported and the next older one is used (`restore_newest
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import logging as std_logging
 import sys
@@ -31,6 +32,7 @@ from cfg_jax import files
 
 T = TypeVar("T")
 DAMAGED_DIR = "damaged_checkpoints"  # where the trainer moves checkpoints it cannot restore
+_ORBAX_TMP = ".orbax-checkpoint-tmp"  # the suffix of orbax's in-progress save folders
 
 
 class CheckpointWriteError(OSError):
@@ -109,10 +111,10 @@ class Checkpointer:
 
   def _write_failure(self, step: int | None, error: Exception) -> str:
     what = "a checkpoint" if step is None else f"the checkpoint of step {step}"
-    return (f"Could not write {what} to {self.directory}: {type(error).__name__}: {error}. "
+    cause, remedy, shown = write_failure_cause(error)
+    return (f"Could not write {what} to {self.directory}: {cause} ({short_error(shown)}). "
             f"Earlier checkpoints are intact (latest complete: step "
-            f"{self._manager.latest_step()}); free disk space or fix permissions, then rerun "
-            f"the same command to resume.")
+            f"{self._manager.latest_step()}); {remedy}, then rerun the same command to resume.")
 
   def restore_params(self, step: int, abstract_params: Any, config: ml_collections.ConfigDict,
                      *, key: str = "ema_params") -> Any:
@@ -266,6 +268,32 @@ def short_error(error: BaseException, limit: int = 300) -> str:
   if len(text) > limit:
     text = f"{text[:limit // 3]} … {text[-2 * limit // 3:]}"
   return f"{type(error).__name__}: {text}"
+
+
+def write_failure_cause(error: BaseException) -> tuple[str, str, BaseException]:
+  """(what went wrong, what to do, the exception that shows it) for a failed checkpoint save.
+
+  Looks through the exception and its causes, innermost first: a missing orbax temporary
+  folder (deleted by another process during the save), a full disk, a read-only or
+  forbidden folder.
+  """
+  chain, e = [], error
+  while e is not None and e not in chain:
+    chain.append(e)
+    e = e.__cause__ or e.__context__
+  for e in reversed(chain):
+    text, code = str(e), getattr(e, "errno", None)
+    if _ORBAX_TMP in text and (code == errno.ENOENT or "NOT_FOUND" in text):
+      return ("its temporary folder vanished while the save was in progress: another process "
+              "deleted it (a sample or evaluate of an older cfg_jax, a cleanup job or a sync "
+              "tool)", "stop that process", e)
+    if code in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in text:
+      return "the disk is full", "free disk space", e
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM) or any(
+        s in text for s in ("Read-only file system", "Permission denied")):
+      return ("the folder is read-only or not writable",
+              "fix its permissions, or use another --workdir", e)
+  return "the write failed", "fix the cause", chain[-1]
 
 
 class _DropMessages(std_logging.Filter):
