@@ -48,6 +48,7 @@ from cfg_jax import runtime
 from cfg_jax import runs
 from cfg_jax import schedules
 from cfg_jax import visualization
+from cfg_jax import workdir_lock
 from cfg_jax import xla_options
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped on SIGTERM after saving; rerun to resume.
@@ -220,9 +221,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> int:
   """Trains to config.training.num_steps in `workdir`, resuming from its latest checkpoint.
 
   Returns the process exit code: 0 when done, PREEMPTED_EXIT_CODE after a SIGTERM.
+  Raises workdir_lock.WorkdirLockedError if another trainer is using `workdir`.
   """
   config_lib.validate(config, num_devices=jax.device_count())
-  workdir = epath.Path(workdir)
+  with workdir_lock.hold(workdir):
+    return _train(config, epath.Path(workdir))
+
+
+def _train(config: ml_collections.ConfigDict, workdir: epath.Path) -> int:
+  """`train_and_evaluate` once the config is valid and the workdir is this trainer's."""
   t = config.training
   dataset = input_pipeline.create_dataset(config)
   model = models.create_model(config)

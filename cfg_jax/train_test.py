@@ -261,6 +261,7 @@ def test_sigterm_saves_and_exits_with_the_preemption_code(tmp_path):
   assert proc.returncode == train.PREEMPTED_EXIT_CODE, out
   step, meta, state = final_state(tmp_path)
   assert 2 <= step < 100000 and meta["data_step"] == step == int(state["step"])
+  assert not (tmp_path / "train.lock").exists()
 
 
 @pytest.mark.parametrize("field,value,match", [

@@ -9,6 +9,7 @@ runs the code from an empty working directory: a path that lost its scheme on th
 import json
 import os
 import pathlib
+import time
 
 from clu import metric_writers
 from etils import epath
@@ -24,6 +25,7 @@ from cfg_jax import input_pipeline
 from cfg_jax import runs
 from cfg_jax import train
 from cfg_jax import train_test
+from cfg_jax import workdir_lock
 
 WORKDIR = "gs://cfg-jax-test/runs/toy2d"
 
@@ -130,6 +132,7 @@ def test_train_resume_and_sample_with_a_gs_workdir(fake_gcs):
   runs.write_samples(x, labels, epath.Path(WORKDIR) / "samples_cli", "w1",
                      num_classes=run.config.data.num_classes)
   assert sorted(p.name for p in (bucket_run / "samples_cli").iterdir()) == ["w1.npz", "w1.png"]
+  assert not (bucket_run / "train.lock").exists()
 
 
 def _bucket_files(fake_gcs):
@@ -148,6 +151,18 @@ def test_readers_of_a_gs_workdir_write_nothing_and_keep_an_in_flight_save(fake_g
   before = _bucket_files(fake_gcs)
   run = runs.load_run(WORKDIR)
   assert run.step == 4 and _bucket_files(fake_gcs) == before
+
+
+def test_a_trainer_holding_a_gs_workdir_refuses_a_second_one(fake_gcs):
+  now = time.time()
+  lock = epath.Path(WORKDIR) / workdir_lock.LOCK_FILE
+  lock.parent.mkdir(parents=True)
+  lock.write_text(json.dumps({"host": "tpu-vm-3", "pid": 42, "start": now - 600,
+                              "heartbeat": now - 5, "token": "theirs"}))
+  with pytest.raises(workdir_lock.WorkdirLockedError,
+                     match=rf"^Another trainer is using {WORKDIR}: host tpu-vm-3, pid 42, "):
+    train.train_and_evaluate(train_test.toy_config(num_steps=4), WORKDIR)
+  assert sorted(os.listdir(fake_gcs.root / WORKDIR[len("gs://"):])) == ["train.lock"]
 
 
 def test_load_config_names_the_gs_workdir(fake_gcs):
