@@ -71,7 +71,8 @@ class Checkpointer:
   """Saves and restores `(state, meta)` under `<workdir>/checkpoints`, keeping `max_to_keep`.
 
   `read_only=True` (sample, evaluate): restores only; creates, writes and deletes nothing,
-  not even the temporary folders of a save in progress.
+  not even the temporary folders of a save in progress, and lists the steps without
+  reading each one's metadata (which the trainer may be deleting).
   """
 
   def __init__(self, workdir: epath.PathLike, *, max_to_keep: int | None = None,
@@ -82,7 +83,8 @@ class Checkpointer:
       std_logging.getLogger("absl").addFilter(_READ_ONLY_NOTICE)
       options = ocp.CheckpointManagerOptions(read_only=True, create=False,
                                              cleanup_tmp_directories=False,
-                                             save_interval_steps=0)
+                                             save_interval_steps=0,
+                                             lightweight_initialize=True)
     else:
       options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                              cleanup_tmp_directories=True)
@@ -320,11 +322,11 @@ def _quiet_abandoned_reads() -> None:
   When one array of a checkpoint cannot be read, orbax gives up its other reads: asyncio
   then logs each of their errors as "never retrieved", and tensorstore's callbacks of
   those still in flight find orbax's event loop closed ("Event loop is closed", through
-  sys.unraisablehook), dozens of tracebacks repeating the reported error. Installed once.
+  sys.unraisablehook), dozens of tracebacks repeating the reported error.
   """
-  if _ABANDONED_READS in std_logging.getLogger("asyncio").filters:
+  std_logging.getLogger("asyncio").addFilter(_ABANDONED_READS)  # a no-op once added
+  if getattr(sys.unraisablehook, "drops_closed_loop_callbacks", False):
     return
-  std_logging.getLogger("asyncio").addFilter(_ABANDONED_READS)
   previous = sys.unraisablehook
 
   def hook(unraisable: Any) -> None:
@@ -332,4 +334,5 @@ def _quiet_abandoned_reads() -> None:
     if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
       previous(unraisable)
 
+  hook.drops_closed_loop_callbacks = True
   sys.unraisablehook = hook

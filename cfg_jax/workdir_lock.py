@@ -58,7 +58,7 @@ def _pid_alive(pid: int) -> bool:
   return True
 
 
-def stale_reason(holder: dict[str, Any], now: float) -> str | None:
+def _stale_reason(holder: dict[str, Any], now: float) -> str | None:
   """Why the lock of `holder` no longer holds (None while it does)."""
   age = now - holder["heartbeat"]
   if holder["host"] == socket.gethostname() and not _pid_alive(holder["pid"]):
@@ -124,7 +124,7 @@ class WorkdirLock:
       holder, now = self._read(), time.time()
       if holder is None:  # released meanwhile
         continue
-      reason = "it cannot be read" if not holder else stale_reason(holder, now)
+      reason = "it cannot be read" if not holder else _stale_reason(holder, now)
       if reason is None:
         raise WorkdirLockedError(
             f"Another trainer is using {self.workdir}: {_describe(holder, now)}. Stop it "

@@ -119,7 +119,7 @@ def test_train_resume_and_sample_with_a_gs_workdir(fake_gcs):
   assert fake_gcs.logdirs == [f"{WORKDIR}/tensorboard"] * 2
   assert list((bucket_run / "tensorboard").glob("events.out.tfevents.*"))
   assert json.loads(checkpointing.load_config(WORKDIR).to_json()) == json.loads(config.to_json())
-  checkpointer = checkpointing.Checkpointer(WORKDIR, max_to_keep=3)
+  checkpointer = checkpointing.Checkpointer(WORKDIR, read_only=True)
   assert os.fspath(checkpointer.directory) == f"{WORKDIR}/checkpoints"
   checkpointer.close()
 
