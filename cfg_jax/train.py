@@ -218,10 +218,12 @@ def write_samples(config: ml_collections.ConfigDict, model: Any, ema_params: Any
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> int:
-  """Trains to config.training.num_steps in `workdir`, resuming from its latest checkpoint.
+  """Trains to config.training.num_steps in `workdir`, resuming from its newest checkpoint.
 
-  Returns the process exit code: 0 when done, PREEMPTED_EXIT_CODE after a SIGTERM.
-  Raises workdir_lock.WorkdirLockedError if another trainer is using `workdir`.
+  A damaged newest checkpoint is moved aside and the one before it used (see
+  `Checkpointer.restore_newest`). Returns the process exit code: 0 when done,
+  PREEMPTED_EXIT_CODE after a SIGTERM. Raises workdir_lock.WorkdirLockedError if another
+  trainer is using `workdir`.
   """
   config_lib.validate(config, num_devices=jax.device_count())
   with workdir_lock.hold(workdir):

@@ -146,7 +146,10 @@ class WorkdirLock:
                         "trainers.", self.path, holder or "removed")
         return
       self._record["heartbeat"] = time.time()
-      files.write_text_atomic(self.path, json.dumps(self._record))
+      try:
+        files.write_text_atomic(self.path, json.dumps(self._record))
+      except OSError as e:  # the next beat tries again; training goes on
+        logging.warning("Could not refresh the heartbeat of the lock %s: %s", self.path, e)
 
   def release(self) -> None:
     """Stops the heartbeat and removes the lock if it is still ours."""
