@@ -22,6 +22,9 @@ first use (minutes on a CPU) and cached in --eval_classifier_dir; toy2d uses the
 exact class posterior. Images are rounded to uint8 before their features are taken, as
 the data and saved samples are.
 
+The newest checkpoint that restores is evaluated, or --step. Checkpoints are only read,
+so a run can be evaluated while it trains.
+
 Writes to --out (default <workdir>/eval): metrics.csv, metrics.md and fid_vs_is.png, FID
 against IS with one curve per classifier scale whose points are labelled by w (the
 paper's trade-off figure). w is the paper's: ε̃ = (1 + w) ε(z, c) − w ε(z, ∅).
@@ -49,6 +52,7 @@ import numpy as np
 from cfg_jax import config_lib
 from cfg_jax import extras
 from cfg_jax import feature_nets
+from cfg_jax import files
 from cfg_jax import input_pipeline
 from cfg_jax import metrics
 from cfg_jax import runs
@@ -157,7 +161,7 @@ def real_statistics(net: feature_nets.FeatureNet, run_config: ml_collections.Con
     buffer = io.BytesIO()
     np.savez(buffer, mu=mu, sigma=sigma, features=features, description=description)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(buffer.getvalue())
+    files.write_bytes_atomic(path, buffer.getvalue())
   return RealStatistics(mu, sigma, features)
 
 
@@ -191,7 +195,7 @@ def write_results(rows: Sequence[dict[str, Any]], out: epath.PathLike, *, title:
   writer.writeheader()
   for row in rows:
     writer.writerow({c: "" if _is_missing(row[c]) else row[c] for c in COLUMNS})
-  (out / "metrics.csv").write_text(buffer.getvalue())
+  files.write_text_atomic(out / "metrics.csv", buffer.getvalue())
 
   lines = [f"# Evaluation of {title}", "", *[f"- {note}" for note in notes], "",
            "| w | classifier scale | FID | IS | precision | recall | accuracy |",
@@ -202,7 +206,7 @@ def write_results(rows: Sequence[dict[str, Any]], out: epath.PathLike, *, title:
                  f"{row['fid']:.4g} | {row['inception_score']:.4g} ± "
                  f"{row['inception_score_std']:.2g} | {row['precision']:.3f} | "
                  f"{row['recall']:.3f} | {'–' if _is_missing(accuracy) else f'{accuracy:.3f}'} |")
-  (out / "metrics.md").write_text("\n".join(lines) + "\n")
+  files.write_text_atomic(out / "metrics.md", "\n".join(lines) + "\n")
   _plot_fid_vs_is(rows, out / "fid_vs_is.png", title=title)
 
 
@@ -231,7 +235,8 @@ def _plot_fid_vs_is(rows: Sequence[dict[str, Any]], path: epath.Path, *, title: 
 
 
 def evaluate(workdir: epath.PathLike, *, ws: Sequence[float], num_samples: int, steps: int,
-             out: epath.PathLike | None = None, classifier_workdir: epath.PathLike | None = None,
+             out: epath.PathLike | None = None, step: int | None = None,
+             classifier_workdir: epath.PathLike | None = None,
              classifier_scales: Sequence[float] | None = None,
              inception_weights: epath.PathLike | None = None,
              eval_classifier_config: ml_collections.ConfigDict | None = None,
@@ -252,7 +257,7 @@ def evaluate(workdir: epath.PathLike, *, ws: Sequence[float], num_samples: int, 
     raise ValueError("--classifier_workdir and --classifier_scale go together.")
   extras.require("matplotlib", extra="eval", purpose="The FID-against-IS plot")
   workdir = epath.Path(workdir)
-  run = runs.load_run(workdir)
+  run = runs.load_run(workdir, step=step)
   classifier = None
   if classifier_workdir is not None:
     try:
@@ -304,6 +309,8 @@ def _define_flags() -> None:
   would otherwise fail on a duplicate flag.
   """
   flags.DEFINE_string("workdir", None, "A training run (python -m cfg_jax.train --workdir).")
+  flags.DEFINE_integer("step", None, "The checkpoint (training step) to evaluate; default: "
+                       "the newest that restores. Not --steps, the sampling steps.")
   flags.DEFINE_list("w", ["0", "0.1", "0.3", "0.5", "1", "2", "4"],
                     "Guidance weights w (paper's; scale = 1 + w).")
   flags.DEFINE_integer("num_samples", 1000, "Samples per (w, s), spread evenly over the classes.")
@@ -352,8 +359,8 @@ def main(argv):
   out = epath.Path(f.out or epath.Path(f.workdir) / "eval")
   with runtime.one_line_errors("cfg_jax.evaluate"):
     rows = evaluate(f.workdir, ws=ws, num_samples=f.num_samples, steps=f.steps, out=out,
-                    classifier_workdir=f.classifier_workdir, classifier_scales=scales,
-                    inception_weights=f.inception_weights,
+                    step=f.step, classifier_workdir=f.classifier_workdir,
+                    classifier_scales=scales, inception_weights=f.inception_weights,
                     eval_classifier_config=f.eval_classifier_config,
                     eval_classifier_dir=f.eval_classifier_dir, num_real=f.num_real, k=f.k,
                     is_splits=f.is_splits, batch_size=f.batch_size,

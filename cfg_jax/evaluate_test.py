@@ -46,6 +46,19 @@ def test_cli_on_a_toy2d_run_writes_a_row_per_w(tmp_path):
   assert "| w | classifier scale | FID | IS |" in proc.stdout
 
 
+def test_step_chooses_the_checkpoint_and_the_cli_lists_the_steps_there_are(tmp_path):
+  train.train_and_evaluate(train_test.toy_config(num_steps=8), str(tmp_path))
+  evaluate.evaluate(tmp_path, ws=[1.], num_samples=12, steps=2, step=4, num_real=60, k=2,
+                    is_splits=2, batch_size=12, feature_batch_size=12)
+  assert f"# Evaluation of {tmp_path.name} at step 4" in (
+      tmp_path / "eval" / "metrics.md").read_text()
+  proc = _cli(f"--workdir={tmp_path}", "--step=5", "--w=1", "--num_samples=12", "--steps=2",
+              "--num_real=60", "--k=2", "--is_splits=2")
+  assert proc.returncode == 1 and proc.stderr.splitlines()[-1] == (
+      f"cfg_jax.evaluate: error: --step=5: {tmp_path / 'checkpoints'} has no checkpoint of that "
+      f"step; it has steps 4, 8."), proc.stderr[-2000:]
+
+
 def test_cli_refuses_bad_flags_before_loading_anything(tmp_path):
   proc = _cli(f"--workdir={tmp_path}", "--w=0,nan", "--num_samples=10")
   assert proc.returncode != 0 and "--w must be finite" in proc.stderr

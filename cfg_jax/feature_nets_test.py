@@ -1,4 +1,6 @@
 """Tests of the feature nets: torch files, InceptionV3 loading, eval classifier, toy2d."""
+import io
+import os
 import pickle
 import struct
 import zipfile
@@ -52,24 +54,36 @@ def _state_dict_pickle(tensors, *, legacy):
   return b"".join(out)
 
 
-def write_torch_file(path, tensors, *, legacy=False):
+def legacy_parts(tensors):
+  """The legacy format's five pickles (magic, protocol, system info, state dict, storage
+  keys), then each storage's element count and bytes."""
   storages = {key: storage for key, storage, *_ in tensors.values()}
-  pkl = _state_dict_pickle(tensors, legacy=legacy)
+  pickles = [pickle.dumps(obj, protocol=2) for obj in (
+      feature_nets._LEGACY_MAGIC, feature_nets._LEGACY_PROTOCOL, {"little_endian": True})]
+  pickles += [_state_dict_pickle(tensors, legacy=True), pickle.dumps(list(storages), protocol=2)]
+  data = b"".join(struct.pack("<q", s.size) + s.astype(s.dtype.newbyteorder("<")).tobytes()
+                  for s in storages.values())
+  return pickles, data
+
+
+def zip_members(tensors):
+  """{name: bytes} of the zip format, under the top folder `archive/`."""
+  members = {"archive/data.pkl": _state_dict_pickle(tensors, legacy=False),
+             "archive/byteorder": b"little"}
+  for key, storage, *_ in tensors.values():
+    members[f"archive/data/{key}"] = storage.tobytes()
+  return members
+
+
+def write_torch_file(path, tensors, *, legacy=False):
   if legacy:
+    pickles, data = legacy_parts(tensors)
     with open(path, "wb") as f:
-      for obj in (feature_nets._LEGACY_MAGIC, feature_nets._LEGACY_PROTOCOL,
-                  {"little_endian": True}):
-        f.write(pickle.dumps(obj, protocol=2))
-      f.write(pkl + pickle.dumps(list(storages), protocol=2))
-      for storage in storages.values():
-        f.write(struct.pack("<q", storage.size) + storage.astype(storage.dtype.newbyteorder("<"))
-                .tobytes())
+      f.write(b"".join(pickles) + data)
     return
   with zipfile.ZipFile(path, "w") as archive:
-    archive.writestr("archive/data.pkl", pkl)
-    archive.writestr("archive/byteorder", "little")
-    for key, storage in storages.items():
-      archive.writestr(f"archive/data/{key}", storage.tobytes())
+    for name, raw in zip_members(tensors).items():
+      archive.writestr(name, raw)
 
 
 def write_state_dict(path, state_dict):
@@ -106,11 +120,85 @@ def test_read_torch_state_dict_refuses_other_objects_and_other_files(tmp_path):
   with zipfile.ZipFile(path, "w") as archive:
     archive.writestr("archive/data.pkl",
                      b"\x80\x02" + _global("os", "system") + b"(" + _str("ls") + b"tR.")
-  with pytest.raises(pickle.UnpicklingError, match="os.system is not part of a tensor state dict"):
+  with pytest.raises(ValueError, match="os.system is not part of a tensor state dict"):
     feature_nets.read_torch_state_dict(path)
   (tmp_path / "text.pth").write_text("not a checkpoint")
   with pytest.raises(ValueError, match="not a torch.save file"):
     feature_nets.read_torch_state_dict(tmp_path / "text.pth")
+
+
+class _Payload:
+  """Unpickled by a plain pickle.load, it runs `command` in a shell."""
+
+  def __init__(self, command):
+    self.command = command
+
+  def __reduce__(self):
+    return os.system, (self.command,)
+
+
+_TENSORS = {"w": ("0", np.arange(3, dtype=np.float32), 0, (3,), (1,))}
+
+
+def _crafted_legacy(tmp_path, marker):
+  """One legacy file per pickle of the format, that pickle replaced by the payload."""
+  pickles, data = legacy_parts(_TENSORS)
+  for i in range(len(pickles)):
+    crafted = list(pickles)
+    crafted[i] = pickle.dumps(_Payload(f"touch {marker}"), protocol=2)
+    yield f"legacy pickle {i}", b"".join(crafted) + data
+
+
+def _zip(members):
+  buffer = io.BytesIO()
+  with zipfile.ZipFile(buffer, "w") as archive:
+    for name, raw in members.items():
+      archive.writestr(name, raw)
+  return buffer.getvalue()
+
+
+def _crafted_zip(tmp_path, marker):
+  members = zip_members(_TENSORS)
+  yield "zip data.pkl", _zip(members | {
+      "archive/data.pkl": pickle.dumps(_Payload(f"touch {marker}"), protocol=2)})
+  yield "zip member under ..", _zip(members | {"archive/../../escape": b"x"})
+  yield "zip absolute member", _zip(members | {"/etc/cron.d/x": b"x"})
+  yield "zip second top folder", _zip(members | {"other/data.pkl": members["archive/data.pkl"]})
+  yield "zip pickle outside the top folder", _zip(
+      {name.replace("archive/data.pkl", "archive/../data.pkl"): raw
+       for name, raw in members.items()})
+
+
+def _oversized(tmp_path, marker):
+  del marker
+  huge = {"w": ("0", np.arange(3, dtype=np.float32), 0, (3,), (1,))}
+  pickles, _ = legacy_parts(huge)
+  pickles[3] = pickles[3].replace(_int(3), _int(2**31 - 1), 1)  # the storage's numel
+  yield "legacy storage larger than the file", (b"".join(pickles) + struct.pack("<q", 2**31 - 1)
+                                                + np.arange(3, dtype="<f4").tobytes())
+  members = zip_members(huge)
+  members["archive/data.pkl"] = members["archive/data.pkl"].replace(_int(3), _int(2**31 - 1), 1)
+  yield "zip storage larger than its member", _zip(members)
+  buffer = io.BytesIO()  # a member that inflates far beyond what its header promises
+  with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+    for name, raw in zip_members(huge).items():
+      archive.writestr(name, bytes(2**24) if name == "archive/data/0" else raw)
+  yield "zip storage member that inflates beyond its header", buffer.getvalue()
+
+
+@pytest.mark.parametrize("craft", [_crafted_legacy, _crafted_zip, _oversized])
+def test_crafted_weight_files_run_nothing_and_end_in_one_line(tmp_path, craft):
+  marker = tmp_path / "payload_ran"
+  for case, raw in craft(tmp_path, marker):
+    path = tmp_path / "crafted.pth"
+    path.write_bytes(raw)
+    with pytest.raises(ValueError) as error:
+      feature_nets.read_torch_state_dict(path)
+    message = str(error.value)
+    assert not marker.exists(), f"{case}: the payload ran"
+    assert "\n" not in message and message.startswith(f"{path} cannot be read"), (case, message)
+    if "larger" in case or "inflates" in case:
+      assert "promises" in message, (case, message)
 
 
 def _torch_state_dict(variables):

@@ -8,7 +8,6 @@ Files are written through etils.epath, so a `gs://` logdir works like a local on
 """
 from __future__ import annotations
 
-import io
 import itertools
 import os
 import socket
@@ -19,12 +18,13 @@ from typing import Any, Mapping
 from absl import logging
 from etils import epath
 import numpy as np
-from PIL import Image
 from tensorboard.compat.proto import event_pb2
 from tensorboard.compat.proto import summary_pb2
 from tensorboard.compat.proto import tensor_pb2
 from tensorboard.compat.proto import tensor_shape_pb2
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+from cfg_jax import visualization
 
 
 _FILE_NUMBERS = itertools.count()  # tells apart the files of one process in one second
@@ -35,13 +35,6 @@ def _record(data: bytes) -> bytes:
   length = struct.pack("<Q", len(data))
   return (length + struct.pack("<I", masked_crc32c(length)) + data
           + struct.pack("<I", masked_crc32c(data)))
-
-
-def _png(image: np.ndarray) -> bytes:
-  image = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
-  buffer = io.BytesIO()
-  Image.fromarray(image).save(buffer, format="PNG")
-  return buffer.getvalue()
 
 
 class SummaryWriter:
@@ -92,7 +85,7 @@ class SummaryWriter:
                          f"{image.dtype} {image.shape}.")
       height, width, channels = image.shape
       values.append(summary_pb2.Summary.Value(tag=tag, image=summary_pb2.Summary.Image(
-          height=height, width=width, colorspace=channels, encoded_image_string=_png(image))))
+          height=height, width=width, colorspace=channels, encoded_image_string=visualization.png_bytes(image))))
     self._add_values(step, values)
 
   def write_texts(self, step: int, texts: Mapping[str, str]) -> None:

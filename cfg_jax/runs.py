@@ -17,6 +17,8 @@ import numpy as np
 
 from cfg_jax import checkpointing
 from cfg_jax import config_lib
+from cfg_jax import extras
+from cfg_jax import files
 from cfg_jax import models
 from cfg_jax import parallel
 from cfg_jax import sampling
@@ -32,20 +34,27 @@ class Run:
   step: int
 
 
-def load_run(workdir: epath.PathLike) -> Run:
-  """Restores the config and the latest EMA params of a training run, replicated."""
+def load_run(workdir: epath.PathLike, *, step: int | None = None) -> Run:
+  """Restores the config and EMA params of a training run, replicated.
+
+  The newest checkpoint that restores, or `step` (see `Checkpointer.restore_newest`).
+  The checkpoints are opened read-only: reading never disturbs a run that is training.
+  """
+  extras.check_path(workdir, flag="--workdir")
   config = checkpointing.load_config(workdir)
   config_lib.validate(config)
   model = models.create_model(config)
-  checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=config.training.max_to_keep)
-  step = checkpointer.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"--workdir={workdir} has no checkpoint yet.")
   mesh = parallel.data_mesh()
   abstract = checkpointing.abstract_like(models.param_shapes(model, config),
                                          parallel.replicated(mesh))
-  params = checkpointer.restore_params(step, abstract, config)
-  checkpointer.close()
+  checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
+  try:
+    step, params = checkpointer.restore_newest(
+        lambda s: checkpointer.restore_params(s, abstract, config), step=step)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"--workdir={workdir} has no checkpoint yet.") from e
+  finally:
+    checkpointer.close()
   return Run(config, model, params, step)
 
 
@@ -132,4 +141,4 @@ def write_samples(x: np.ndarray, labels: np.ndarray, out: epath.Path, name: str,
     arrays["points"] = x.astype(np.float32)
   buffer = io.BytesIO()
   np.savez(buffer, **arrays)
-  (out / f"{name}.npz").write_bytes(buffer.getvalue())
+  files.write_bytes_atomic(out / f"{name}.npz", buffer.getvalue())

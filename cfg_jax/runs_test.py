@@ -1,8 +1,12 @@
 """Tests of restoring a run and sampling it in device batches."""
+import logging
+import re
+
 import jax
 import numpy as np
 import pytest
 
+from cfg_jax import checkpointing
 from cfg_jax import runs
 from cfg_jax import train
 from cfg_jax import train_test
@@ -41,3 +45,24 @@ def test_load_run_and_sample_in_batches(tmp_path):
 def test_load_run_of_a_folder_that_is_not_a_run(tmp_path):
   with pytest.raises(FileNotFoundError, match="is not a cfg_jax training run"):
     runs.load_run(tmp_path)
+
+
+def test_load_run_reads_past_a_damaged_checkpoint_and_moves_nothing(tmp_path, caplog):
+  train.train_and_evaluate(train_test.toy_config(num_steps=8), str(tmp_path))
+  train_test.DAMAGE["truncated array files"](tmp_path / "checkpoints" / "8")
+  before = train_test.files_under(tmp_path)
+  with caplog.at_level(logging.WARNING):
+    run = runs.load_run(tmp_path)
+  (warning,) = [r.getMessage() for r in caplog.records if "cannot be restored" in r.getMessage()]
+  assert re.fullmatch(rf"Checkpoint step 8 in {tmp_path}/checkpoints cannot be restored "
+                      rf"\(ValueError: OUT_OF_RANGE: [^\n]+\); using step 4 instead\.", warning)
+  assert run.step == 4
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(run.params),
+               jax.device_get(runs.load_run(tmp_path, step=4).params))
+  with pytest.raises(checkpointing.CheckpointRestoreError,
+                     match=r"^Checkpoint step 8 in .* cannot be restored \(ValueError: OUT_OF"):
+    runs.load_run(tmp_path, step=8)
+  with pytest.raises(ValueError, match=r"^--step=5: .*/checkpoints has no checkpoint of that "
+                                       r"step; it has steps 4, 8\.$"):
+    runs.load_run(tmp_path, step=5)
+  assert train_test.files_under(tmp_path) == before

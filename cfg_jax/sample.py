@@ -3,11 +3,13 @@ r"""Samples a trained run at several guidance strengths w: PNG grids and .npz fi
     python -m cfg_jax.sample --workdir=runs/mnist --w=0,0.5,1,3 --num_samples=100 \
         --steps=256 --out=runs/mnist/samples_cli
 
-Restores the latest EMA parameters of `--workdir` (and of `--classifier_workdir`, for
-classifier guidance), samples on every device with the batch sharded over them, and
-writes per w: `w<w>.png` (one row per class) and `w<w>.npz` (uint8 `images`, int
-`labels`; for 2-D data float `points` instead of images). w is the paper's weight:
-ε̃ = (1 + w) ε(z, c) − w ε(z, ∅); the "guidance scale" of other code bases is 1 + w.
+Restores the EMA parameters of `--workdir`'s newest checkpoint that restores, or of
+`--step` (and those of `--classifier_workdir`, for classifier guidance), samples on every
+device with the batch sharded over them, and writes per w: `w<w>.png` (one row per
+class) and `w<w>.npz` (uint8 `images`, int `labels`; for 2-D data float `points` instead
+of images). w is the paper's weight: ε̃ = (1 + w) ε(z, c) − w ε(z, ∅); the "guidance
+scale" of other code bases is 1 + w. Checkpoints are only read, so a run can be sampled
+while it trains.
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ FLAGS = flags.FLAGS
 def _define_flags() -> None:
   """The flags, defined only when this module is the program (see cfg_jax.evaluate)."""
   flags.DEFINE_string("workdir", None, "A training run (python -m cfg_jax.train --workdir).")
+  flags.DEFINE_integer("step", None, "The checkpoint (training step) to sample; default: the "
+                       "newest that restores. Not --steps, the sampling steps.")
   flags.DEFINE_list("w", ["0", "0.5", "1", "3"], "Guidance weights w (paper's; scale = 1 + w).")
   flags.DEFINE_integer("num_samples", None, "Samples per w, spread evenly over the classes.")
   flags.DEFINE_integer("per_class", None, "Samples of each class per w (instead of num_samples).")
@@ -80,7 +84,7 @@ def main(argv):
 
 def _sample(ws, scales, interval):
   """Restores the runs and writes the samples of every (w, classifier scale)."""
-  run = runs.load_run(FLAGS.workdir)
+  run = runs.load_run(FLAGS.workdir, step=FLAGS.step)
   num_classes = run.config.data.num_classes
   labels = runs.make_labels(
       num_classes, num_samples=FLAGS.num_samples, per_class=FLAGS.per_class,

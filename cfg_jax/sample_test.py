@@ -4,6 +4,7 @@ import sys
 
 import numpy as np
 
+from cfg_jax import runs
 from cfg_jax import train
 from cfg_jax import train_test
 
@@ -38,3 +39,20 @@ def test_sample_cli_rejects_bad_inputs(tmp_path):
   done = _sample(tmp_path / "run", tmp_path / "out", "--labels=0,7")
   assert done.returncode != 0 and "--labels must be" in done.stderr
   assert not (tmp_path / "out").exists()
+
+
+def test_sample_cli_step_chooses_the_checkpoint_and_lists_the_steps_there_are(tmp_path):
+  train.train_and_evaluate(train_test.toy_config(num_steps=8), str(tmp_path / "run"))
+  done = _sample(tmp_path / "run", tmp_path / "out", "--w=1", "--per_class=2", "--step=4")
+  assert done.returncode == 0, done.stderr[-3000:]
+  run = runs.load_run(tmp_path / "run", step=4)
+  labels = runs.make_labels(3, per_class=2)
+  expected = runs.sample_in_batches(runs.make_run_sample_fn(run, num_steps=8), run.params,
+                                    labels, w=1., batch_size=16, seed=0, progress=False)
+  with np.load(tmp_path / "out" / "w1.npz") as f:
+    np.testing.assert_allclose(f["points"], expected, rtol=1e-5, atol=1e-5)
+  done = _sample(tmp_path / "run", tmp_path / "none", "--w=1", "--per_class=2", "--step=5")
+  assert done.returncode == 1 and done.stderr.splitlines()[-1] == (
+      f"cfg_jax.sample: error: --step=5: {tmp_path / 'run' / 'checkpoints'} has no checkpoint "
+      f"of that step; it has steps 4, 8.")
+  assert not (tmp_path / "none").exists()

@@ -48,6 +48,7 @@ from cfg_jax import runtime
 from cfg_jax import runs
 from cfg_jax import schedules
 from cfg_jax import visualization
+from cfg_jax import workdir_lock
 from cfg_jax import xla_options
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped on SIGTERM after saving; rerun to resume.
@@ -223,13 +224,21 @@ def write_samples(config: ml_collections.ConfigDict, model: Any, ema_params: Any
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> int:
-  """Trains to config.training.num_steps in `workdir`, resuming from its latest checkpoint.
+  """Trains to config.training.num_steps in `workdir`, resuming from its newest checkpoint.
 
-  Returns the process exit code: 0 when done, PREEMPTED_EXIT_CODE after a SIGTERM.
+  A damaged newest checkpoint is moved aside and the one before it used (see
+  `Checkpointer.restore_newest`). Returns the process exit code: 0 when done,
+  PREEMPTED_EXIT_CODE after a SIGTERM. Raises workdir_lock.WorkdirLockedError if another
+  trainer is using `workdir`.
   """
   config_lib.validate(config, num_devices=jax.device_count())
   extras.check_path(workdir, flag="--workdir")
-  workdir = epath.Path(workdir)
+  with workdir_lock.hold(workdir):
+    return _train(config, epath.Path(workdir))
+
+
+def _train(config: ml_collections.ConfigDict, workdir: epath.Path) -> int:
+  """`train_and_evaluate` once the config is valid and the workdir is this trainer's."""
   t = config.training
   dataset = input_pipeline.create_dataset(config)
   model = models.create_model(config)
@@ -243,9 +252,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> int:
   latest = checkpointer.latest_step()
   if latest is None:
     state = jax.jit(init, out_shardings=replicated)()
-  else:
+  else:  # the newest checkpoint that restores; damaged newer ones are moved aside
     abstract = checkpointing.abstract_like(jax.eval_shape(init), replicated)
-    state, _ = checkpointer.restore(latest, abstract, config)
+    latest, (state, _) = checkpointer.restore_newest(
+        lambda step: checkpointer.restore(step, abstract, config), move_damaged=True)
     logging.info("Resumed from %s at step %d.", checkpointer.directory, latest)
   checkpointing.save_config(workdir, config)  # after the restore, which may refuse the workdir
   step = int(state.step)

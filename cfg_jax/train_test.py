@@ -1,5 +1,8 @@
 """Tests of the training loop: Algorithm 1, checkpoints and resume, devices, config errors."""
+import logging
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,7 +36,7 @@ def toy_config(**training):
 
 def final_state(workdir):
   """The params and EMA params of the latest checkpoint in workdir, as numpy."""
-  ckpt = checkpointing.Checkpointer(workdir, max_to_keep=10)
+  ckpt = checkpointing.Checkpointer(workdir, read_only=True)
   step = ckpt.latest_step()
   meta = ckpt.restore_meta(step)
   restored = ckpt._manager.restore(step, args=checkpointing.ocp.args.Composite(
@@ -41,6 +44,31 @@ def final_state(workdir):
           fallback_sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))))["state"]
   ckpt.close()
   return step, meta, jax.tree.map(np.asarray, restored)
+
+
+def _array_files(step_dir):
+  return [p for p in step_dir.glob("state/**/d/*") if p.is_file()]
+
+
+def _write(path, text):
+  path.write_text(text)
+
+
+# What a node crash on a network filesystem or a half-synced copy leaves of a checkpoint.
+DAMAGE = {
+    "truncated array files": lambda d: [os.truncate(p, p.stat().st_size // 2)
+                                        for p in _array_files(d)],
+    "missing array files": lambda d: [p.unlink() for p in _array_files(d)],
+    "unreadable metadata": lambda d: [_write(d / "meta" / "metadata", "{"),
+                                      _write(d / "state" / "_METADATA", "{")],
+    "missing meta item": lambda d: shutil.rmtree(d / "meta"),
+}
+
+
+def files_under(folder):
+  """{relative path: bytes} of every file under `folder`."""
+  return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+          if p.is_file()}
 
 
 def test_train_writes_checkpoints_events_and_samples(tmp_path):
@@ -85,6 +113,47 @@ def test_refuses_a_checkpoint_of_another_model(tmp_path):
   config.model.mlp_hidden = 32
   with pytest.raises(ValueError, match=r"config.model.mlp_hidden: checkpoint has 64, config has 32"):
     train.train_and_evaluate(config, str(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def straight_to_12(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("straight")
+  train.train_and_evaluate(toy_config(num_steps=12), str(workdir))
+  return final_state(workdir)[2]
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_latest_checkpoint_is_moved_aside_and_training_resumes_from_the_one_before(
+    tmp_path, caplog, straight_to_12, damage):
+  train.train_and_evaluate(toy_config(num_steps=8), str(tmp_path))
+  DAMAGE[damage](tmp_path / "checkpoints" / "8")
+  damaged = files_under(tmp_path / "checkpoints" / "8")
+  with caplog.at_level(logging.WARNING):
+    assert train.train_and_evaluate(toy_config(num_steps=12), str(tmp_path)) == 0
+  (moved,) = (tmp_path / "damaged_checkpoints").iterdir()
+  assert re.fullmatch(r"8-\d{8}T\d{6}Z", moved.name) and files_under(moved) == damaged
+  (warning,) = [r.getMessage() for r in caplog.records if "cannot be restored" in r.getMessage()]
+  assert re.fullmatch(rf"Checkpoint step 8 in {tmp_path}/checkpoints cannot be restored "
+                      rf"\([A-Za-z]+Error: [^\n]+\); resuming from step 4\. The damaged "
+                      rf"checkpoint was moved to {moved}\.", warning), warning
+  step, _, state = final_state(tmp_path)
+  assert step == 12 and sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+      "12", "4", "8"]
+  jax.tree.map(np.testing.assert_array_equal, straight_to_12, state)
+
+
+def test_when_no_checkpoint_restores_training_stops_naming_each_and_changes_nothing(tmp_path):
+  train.train_and_evaluate(toy_config(num_steps=8), str(tmp_path))
+  DAMAGE["truncated array files"](tmp_path / "checkpoints" / "8")
+  DAMAGE["missing meta item"](tmp_path / "checkpoints" / "4")
+  before = files_under(tmp_path)
+  with pytest.raises(checkpointing.CheckpointRestoreError) as error:
+    train.train_and_evaluate(toy_config(num_steps=12), str(tmp_path))
+  assert re.fullmatch(rf"No checkpoint in {tmp_path}/checkpoints can be restored: step 8 "
+                      rf"\(ValueError: OUT_OF_RANGE: [^\n]+\); step 4 \(KeyError: Item "
+                      rf"\"meta\" was not found [^\n]+\)\. Nothing was moved or deleted[^\n]+",
+                      str(error.value)), str(error.value)
+  assert files_under(tmp_path) == before
 
 
 def test_p_uncond_replaces_labels_with_null():
@@ -192,6 +261,7 @@ def test_sigterm_saves_and_exits_with_the_preemption_code(tmp_path):
   assert proc.returncode == train.PREEMPTED_EXIT_CODE, out
   step, meta, state = final_state(tmp_path)
   assert 2 <= step < 100000 and meta["data_step"] == step == int(state["step"])
+  assert not (tmp_path / "train.lock").exists()
 
 
 @pytest.mark.parametrize("field,value,match", [

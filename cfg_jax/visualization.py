@@ -11,6 +11,8 @@ import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 
+from cfg_jax import files
+
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
   """Images in [-1, 1] to uint8 in [0, 255] (values outside are clipped)."""
@@ -32,17 +34,24 @@ def image_grid(images: np.ndarray, labels: np.ndarray, num_classes: int, *,
   return grid
 
 
+def png_bytes(image: np.ndarray) -> bytes:
+  """A uint8 [H, W, C] image (C = 1, 3 or 4) encoded as PNG."""
+  buffer = io.BytesIO()
+  Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
 def write_png(array_or_figure, path: epath.PathLike) -> None:
   """Writes a uint8 [H, W, C] array or a matplotlib figure as PNG (local or gs:// path)."""
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  buffer = io.BytesIO()
   if isinstance(array_or_figure, np.ndarray):
-    image = array_or_figure[..., 0] if array_or_figure.shape[-1] == 1 else array_or_figure
-    Image.fromarray(image).save(buffer, format="PNG")
+    data = png_bytes(array_or_figure)
   else:
+    buffer = io.BytesIO()
     array_or_figure.savefig(buffer, format="png", dpi=100)
-  path.write_bytes(buffer.getvalue())
+    data = buffer.getvalue()
+  files.write_bytes_atomic(path, data)
 
 
 # Matplotlib's tab10 colours, one per class (repeating after ten).

@@ -9,6 +9,7 @@ runs the code from an empty working directory: a path that lost its scheme on th
 import json
 import os
 import pathlib
+import time
 
 from etils import epath
 from etils.epath import testing as epath_testing
@@ -24,6 +25,7 @@ from cfg_jax import metric_writer_test
 from cfg_jax import runs
 from cfg_jax import train
 from cfg_jax import train_test
+from cfg_jax import workdir_lock
 
 WORKDIR = "gs://cfg-jax-test/runs/toy2d"
 
@@ -109,7 +111,7 @@ def test_train_resume_and_sample_with_a_gs_workdir(fake_gcs):
   assert [e.step for e in events.Scalars("loss")] == [4, 6]  # log_every=4, and the last step
   assert [e.step for e in events.Images("samples/w1")] == [4, 6]
   assert json.loads(checkpointing.load_config(WORKDIR).to_json()) == json.loads(config.to_json())
-  checkpointer = checkpointing.Checkpointer(WORKDIR, max_to_keep=3)
+  checkpointer = checkpointing.Checkpointer(WORKDIR, read_only=True)
   assert os.fspath(checkpointer.directory) == f"{WORKDIR}/checkpoints"
   checkpointer.close()
 
@@ -122,6 +124,37 @@ def test_train_resume_and_sample_with_a_gs_workdir(fake_gcs):
   runs.write_samples(x, labels, epath.Path(WORKDIR) / "samples_cli", "w1",
                      num_classes=run.config.data.num_classes)
   assert sorted(p.name for p in (bucket_run / "samples_cli").iterdir()) == ["w1.npz", "w1.png"]
+  assert not (bucket_run / "train.lock").exists()
+
+
+def _bucket_files(fake_gcs):
+  return {str(p.relative_to(fake_gcs.root)): p.read_bytes() for p in
+          sorted(fake_gcs.root.rglob("*")) if p.is_file()}
+
+
+def test_readers_of_a_gs_workdir_write_nothing_and_keep_an_in_flight_save(fake_gcs):
+  config = train_test.toy_config(num_steps=4, checkpoint_every=2)
+  assert train.train_and_evaluate(config, WORKDIR) == 0
+  # A save in progress: on Cloud Storage orbax writes the step's folder in place and
+  # marks it complete with commit_success.txt last.
+  in_flight = epath.Path(WORKDIR) / "checkpoints" / "6" / "state"
+  in_flight.mkdir(parents=True)
+  (in_flight / "_METADATA").write_text("{}")
+  before = _bucket_files(fake_gcs)
+  run = runs.load_run(WORKDIR)
+  assert run.step == 4 and _bucket_files(fake_gcs) == before
+
+
+def test_a_trainer_holding_a_gs_workdir_refuses_a_second_one(fake_gcs):
+  now = time.time()
+  lock = epath.Path(WORKDIR) / workdir_lock.LOCK_FILE
+  lock.parent.mkdir(parents=True)
+  lock.write_text(json.dumps({"host": "tpu-vm-3", "pid": 42, "start": now - 600,
+                              "heartbeat": now - 5, "token": "theirs"}))
+  with pytest.raises(workdir_lock.WorkdirLockedError,
+                     match=rf"^Another trainer is using {WORKDIR}: host tpu-vm-3, pid 42, "):
+    train.train_and_evaluate(train_test.toy_config(num_steps=4), WORKDIR)
+  assert sorted(os.listdir(fake_gcs.root / WORKDIR[len("gs://"):])) == ["train.lock"]
 
 
 def test_load_config_names_the_gs_workdir(fake_gcs):

@@ -153,6 +153,8 @@ def test_checkpoints_are_written_once_and_restored_by_both_processes(dumps):
   assert any(w.endswith("/_CHECKPOINT_METADATA") for w in dumps["p0"]["writes"])
   assert len(dumps["p1"]["writes"]) and all(
       w.endswith("/array_metadatas/process_1") for w in dumps["p1"]["writes"])
+  # Process 0 alone holds the workdir's lock for the job.
+  assert dumps["p0"]["locked"] and dumps["single"]["locked"] and not dumps["p1"]["locked"]
   names = lambda folder: sorted(p.name for p in folder.iterdir())
   job, single = dumps["workdirs"]["job"], dumps["workdirs"]["single"]
   assert names(job / "checkpoints") == names(single / "checkpoints") == ["1", "2", "3"]

@@ -13,7 +13,11 @@ the job). OUT.npz holds, for this process:
   params/*, ema/*      its copy of the final parameters, in memory at the last save;
   restored_ema/*       the EMA params `runs.load_run` restored from the checkpoint;
   writes               the files under WORKDIR it wrote through epath (the metadata;
-                       array data goes through tensorstore and is not listed);
+                       array data goes through tensorstore and is not listed), each
+                       under its final name (files are written to a temporary name and
+                       renamed), but for the workdir's lock;
+  locked               whether it wrote the lock (the lock's heartbeat rewrites depend
+                       on timing, so they are not among the writes);
   preempted_exit_code, preempted_saved_steps
                        what the endless run returned and the steps it saved.
 
@@ -21,6 +25,7 @@ The data and model are configs/toy2d.py, shrunk: the MNIST UNet compiles for min
 per process on two shared cores, and every process compiles each program twice.
 """
 import pathlib
+import re
 import sys
 
 from etils import epath
@@ -29,10 +34,12 @@ import numpy as np
 
 from cfg_jax import checkpointing
 from cfg_jax import config_lib
+from cfg_jax import files
 from cfg_jax import input_pipeline
 from cfg_jax import runs
 from cfg_jax import runtime
 from cfg_jax import train
+from cfg_jax import workdir_lock
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESUME_AT, NUM_STEPS = 2, 3
@@ -103,12 +110,14 @@ def _run_until_preempted(config, workdir: str, progress: pathlib.Path) -> tuple[
 def main(workdir: str, out: str, progress: str) -> None:
   runtime.set_up_process()
   workdir = epath.Path(workdir)
-  rows, writes, final = [], [], {}
+  rows, writes, locks, final = [], [], [], {}
   _record_rows(rows)
 
   def record_write(path, *args, **kwargs):
     if str(path).startswith(f"{workdir}/"):
-      writes.append(str(path)[len(str(workdir)) + 1:])
+      name = re.sub(rf"{re.escape(files.TMP_MARK)}[0-9a-f]{{16}}$", "",
+                    str(path)[len(str(workdir)) + 1:])
+      (locks if name == workdir_lock.LOCK_FILE else writes).append(name)
 
   for method in ("write_text", "write_bytes"):
     _spy(type(workdir), method, record_write)
@@ -124,6 +133,7 @@ def main(workdir: str, out: str, progress: str) -> None:
 
   indices, labels, x = (np.stack(a) for a in zip(*rows))
   dump = dict(indices=indices, labels=labels, x=x, writes=np.array(sorted(writes), str),
+              locked=bool(locks),
               process_index=jax.process_index(), process_count=jax.process_count(),
               device_count=jax.device_count(),
               **_flat("params", final["params"]), **_flat("ema", final["ema"]),

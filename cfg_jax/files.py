@@ -1,0 +1,35 @@
+"""Files that appear whole or not at all: written under a temporary name, then renamed.
+
+`write_bytes_atomic(path, data)` writes `<name>.tmp-<random>` in the folder of `path` and
+renames it to `path`, replacing an earlier version. A kill or a full disk during the
+write leaves the final name absent or holding its previous complete version, never a
+prefix of the new one; a failed write removes its temporary file. Local paths and gs://
+(through etils.epath) alike: a local rename is atomic, and a Cloud Storage object only
+appears once fully uploaded.
+"""
+from __future__ import annotations
+
+import contextlib
+import secrets
+
+from etils import epath
+
+TMP_MARK = ".tmp-"  # what names the temporary files: <name>.tmp-<16 hex digits>
+
+
+def write_bytes_atomic(path: epath.PathLike, data: bytes) -> None:
+  """Writes `data` to `path` through a temporary file in the same folder and a rename."""
+  path = epath.Path(path)
+  tmp = path.with_name(f"{path.name}{TMP_MARK}{secrets.token_hex(8)}")
+  try:
+    tmp.write_bytes(data)
+    tmp.replace(path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      tmp.unlink(missing_ok=True)
+    raise
+
+
+def write_text_atomic(path: epath.PathLike, text: str) -> None:
+  """`write_bytes_atomic` of `text` encoded as UTF-8."""
+  write_bytes_atomic(path, text.encode("utf-8"))
