@@ -49,6 +49,7 @@ from ml_collections import config_flags
 import ml_collections
 import numpy as np
 
+from cfg_jax import cli
 from cfg_jax import config_lib
 from cfg_jax import extras
 from cfg_jax import feature_nets
@@ -57,12 +58,12 @@ from cfg_jax import input_pipeline
 from cfg_jax import metrics
 from cfg_jax import runs
 from cfg_jax import runtime
-from cfg_jax import sampling
 from cfg_jax import visualization
 
 DEFAULT_EVAL_CLASSIFIER_CONFIG = importlib.resources.files("cfg_jax.configs").joinpath(
     "mnist_eval_classifier.py")
 DEFAULT_NUM_REAL = 50_000  # the FID convention
+OUT_DEFAULT = "eval"  # under the workdir
 COLUMNS = ("w", "classifier_scale", "fid", "inception_score", "inception_score_std",
            "precision", "recall", "accuracy", "num_samples")
 
@@ -253,20 +254,10 @@ def evaluate(workdir: epath.PathLike, *, ws: Sequence[float], num_samples: int, 
   check_options(ws=ws, num_samples=num_samples, steps=steps, k=k, is_splits=is_splits,
                 batch_size=batch_size, feature_batch_size=feature_batch_size, num_real=num_real,
                 classifier_scales=classifier_scales)
-  if (classifier_workdir is None) != (classifier_scales is None):
-    raise ValueError("--classifier_workdir and --classifier_scale go together.")
   extras.require("matplotlib", extra="eval", purpose="The FID-against-IS plot")
   workdir = epath.Path(workdir)
   run = runs.load_run(workdir, step=step)
-  classifier = None
-  if classifier_workdir is not None:
-    try:
-      classifier = runs.load_run(classifier_workdir)
-    except FileNotFoundError as e:
-      raise FileNotFoundError(f"--classifier_workdir={classifier_workdir}: {e}") from e
-    if classifier.config.model.name != "classifier":
-      raise ValueError(f"--classifier_workdir={classifier_workdir} holds a "
-                       f"{classifier.config.model.name!r} model, not a classifier.")
+  classifier = cli.load_classifier(classifier_workdir, classifier_scales)
   net = make_feature_net(run.config, inception_weights=inception_weights,
                          eval_classifier_config=eval_classifier_config,
                          eval_classifier_dir=eval_classifier_dir or workdir / "eval_classifier")
@@ -276,17 +267,16 @@ def evaluate(workdir: epath.PathLike, *, ws: Sequence[float], num_samples: int, 
   sample_fn = runs.make_run_sample_fn(run, num_steps=steps, v=v, sampler=sampler, clip_x=clip_x,
                                       classifier=classifier)
   rows = []
-  for scale in classifier_scales or [None]:
-    for w in ws:
-      x = runs.sample_in_batches(
-          sample_fn, run.params, labels, w=w, batch_size=batch_size, seed=seed,
-          classifier_params=None if classifier is None else classifier.params,
-          classifier_scale=scale, progress=jax.process_index() == 0)
-      row = {"w": w, "classifier_scale": scale,
-             **sample_metrics(x, labels, net, real, k=k, is_splits=is_splits,
-                              batch_size=feature_batch_size)}
-      logging.info("w=%g s=%s: %s", w, scale, {c: row[c] for c in COLUMNS[2:]})
-      rows.append(row)
+  for scale, w in cli.guidance_grid(ws, classifier_scales):
+    x = runs.sample_in_batches(
+        sample_fn, run.params, labels, w=w, batch_size=batch_size, seed=seed,
+        classifier_params=None if classifier is None else classifier.params,
+        classifier_scale=scale, progress=jax.process_index() == 0)
+    row = {"w": w, "classifier_scale": scale,
+           **sample_metrics(x, labels, net, real, k=k, is_splits=is_splits,
+                            batch_size=feature_batch_size)}
+    logging.info("w=%g s=%s: %s", w, scale, {c: row[c] for c in COLUMNS[2:]})
+    rows.append(row)
   if jax.process_index() == 0:
     s = run.config.sampling
     notes = [f"{num_samples} samples per row, labels spread evenly over "
@@ -297,27 +287,15 @@ def evaluate(workdir: epath.PathLike, *, ws: Sequence[float], num_samples: int, 
     if "eval_classifier_held_out_accuracy" in net.info:
       notes.append(f"Eval classifier {net.info['eval_classifier_dir']}: held-out accuracy "
                    f"{net.info['eval_classifier_held_out_accuracy']:.4f}.")
-    write_results(rows, out or workdir / "eval", notes=notes,
+    write_results(rows, out or workdir / OUT_DEFAULT, notes=notes,
                   title=f"{workdir.name} at step {run.step}")
   return rows
 
 
 def _define_flags() -> None:
-  """The flags, defined only when this module is the program.
-
-  cfg_jax.train defines --workdir when imported, so tests that import both modules
-  would otherwise fail on a duplicate flag.
-  """
-  flags.DEFINE_string("workdir", None, "A training run (python -m cfg_jax.train --workdir).")
-  flags.DEFINE_integer("step", None, "The checkpoint (training step) to evaluate; default: "
-                       "the newest that restores. Not --steps, the sampling steps.")
-  flags.DEFINE_list("w", ["0", "0.1", "0.3", "0.5", "1", "2", "4"],
-                    "Guidance weights w (paper's; scale = 1 + w).")
+  cli.define_sampling_flags(default_w=["0", "0.1", "0.3", "0.5", "1", "2", "4"],
+                            out_default=OUT_DEFAULT, verb="evaluate")
   flags.DEFINE_integer("num_samples", 1000, "Samples per (w, s), spread evenly over the classes.")
-  flags.DEFINE_integer("steps", 256, "Sampling steps T.")
-  flags.DEFINE_string("out", None, "Output folder (default <workdir>/eval).")
-  flags.DEFINE_string("classifier_workdir", None, "A classifier run, for classifier guidance.")
-  flags.DEFINE_list("classifier_scale", None, "Classifier guidance scales s.")
   flags.DEFINE_string("inception_weights", None,
                       f"{feature_nets.FID_INCEPTION_FILE} (pytorch-fid), for Inception features.")
   config_flags.DEFINE_config_file("eval_classifier_config", str(DEFAULT_EVAL_CLASSIFIER_CONFIG),
@@ -329,46 +307,36 @@ def _define_flags() -> None:
                        f"{DEFAULT_NUM_REAL:,} or the whole data if smaller).")
   flags.DEFINE_integer("k", 3, "Neighbours k of precision and recall.")
   flags.DEFINE_integer("is_splits", 10, "Splits of the Inception Score.")
-  flags.DEFINE_integer("batch_size", 256, "Samples per device call (global, over all devices).")
   flags.DEFINE_integer("feature_batch_size", 64, "Examples per feature-net call.")
-  flags.DEFINE_integer("seed", 0, "Sampling seed.")
-  # Not --v, which is absl's logging verbosity.
-  flags.DEFINE_float("sampling_v", None,
-                     "Reverse-variance interpolation v in [0, 1] (default: the run's "
-                     "config.sampling.v).")
-  flags.DEFINE_enum("sampler", None, list(sampling.SAMPLERS),
-                    "stochastic or ddim (default: the run's).")
-  flags.DEFINE_bool("clip_x", None, "Clip x̃ to [-1, 1] (default: the run's).")
-  flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
-  ws = runtime.parse_floats("w", f.w)
-  scales = runtime.parse_floats("classifier_scale", f.classifier_scale)
+  options = cli.sampling_options(OUT_DEFAULT)
   try:
-    check_options(ws=ws, num_samples=f.num_samples, steps=f.steps, k=f.k,
-                  is_splits=f.is_splits, batch_size=f.batch_size,
+    check_options(ws=options.ws, num_samples=f.num_samples, steps=options.steps, k=f.k,
+                  is_splits=f.is_splits, batch_size=options.batch_size,
                   feature_batch_size=f.feature_batch_size, num_real=f.num_real,
-                  classifier_scales=scales)
+                  classifier_scales=options.classifier_scales)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   runtime.set_up_process()
-  out = epath.Path(f.out or epath.Path(f.workdir) / "eval")
   with runtime.one_line_errors("cfg_jax.evaluate"):
-    rows = evaluate(f.workdir, ws=ws, num_samples=f.num_samples, steps=f.steps, out=out,
-                    step=f.step, classifier_workdir=f.classifier_workdir,
-                    classifier_scales=scales, inception_weights=f.inception_weights,
+    rows = evaluate(options.workdir, ws=options.ws, num_samples=f.num_samples,
+                    steps=options.steps, out=options.out, step=options.step,
+                    classifier_workdir=options.classifier_workdir,
+                    classifier_scales=options.classifier_scales,
+                    inception_weights=f.inception_weights,
                     eval_classifier_config=f.eval_classifier_config,
                     eval_classifier_dir=f.eval_classifier_dir, num_real=f.num_real, k=f.k,
-                    is_splits=f.is_splits, batch_size=f.batch_size,
-                    feature_batch_size=f.feature_batch_size, seed=f.seed, v=f.sampling_v,
-                    sampler=f.sampler, clip_x=f.clip_x)
+                    is_splits=f.is_splits, batch_size=options.batch_size,
+                    feature_batch_size=f.feature_batch_size, seed=options.seed, v=options.v,
+                    sampler=options.sampler, clip_x=options.clip_x)
   if jax.process_index() == 0:
-    print((out / "metrics.md").read_text())
-    print(f"Wrote {len(rows)} rows to {out}: metrics.csv, metrics.md, fid_vs_is.png")
+    print((options.out / "metrics.md").read_text())
+    print(f"Wrote {len(rows)} rows to {options.out}: metrics.csv, metrics.md, fid_vs_is.png")
 
 
 if __name__ == "__main__":

@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import logging as std_logging
 import os
 import sys
-from typing import Iterator, Sequence
+from typing import Iterator
 
-from absl import app
 from absl import logging
 import jax
 
@@ -53,19 +51,6 @@ class _QuietLibraries(std_logging.Filter):
 
 def quiet_library_logs() -> None:
   logging.get_absl_handler().addFilter(_QuietLibraries())
-
-
-def parse_floats(name: str, values: Sequence[str] | None) -> list[float] | None:
-  """A list flag's strings as finite floats, or a UsageError naming --<name>."""
-  if values is None:
-    return None
-  try:
-    out = [float(x) for x in values]
-  except ValueError as e:
-    raise app.UsageError(f"--{name} must be a comma-separated list of numbers: {e}") from e
-  if not all(math.isfinite(x) for x in out):
-    raise app.UsageError(f"--{name} must be finite, got {','.join(values)}.")
-  return out
 
 
 @contextlib.contextmanager

@@ -322,10 +322,12 @@ def _log(writer, step, metrics, last, training_config, skipped):
   return now, step
 
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/<name>.py).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples (local or gs://).")
+def _define_flags() -> None:
+  config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/<name>.py).",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None,
+                      "Directory for checkpoints, logs and samples (local or gs://).")
+  flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
@@ -333,9 +335,9 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   runtime.set_up_process()
   with runtime.one_line_errors("cfg_jax.train"):
-    return train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    return train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "workdir"])
+  _define_flags()
   app.run(main)

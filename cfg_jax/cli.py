@@ -1,0 +1,114 @@
+"""What the sample and evaluate command lines share: the flags that choose a run, its
+sampler and its guidance, their parsing, and the loading of a guidance classifier.
+
+Each CLI defines its flags only when it is the program (`define_sampling_flags` under
+`if __name__ == "__main__"`), so importing the CLIs together defines nothing twice.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+from absl import app
+from absl import flags
+from etils import epath
+
+from cfg_jax import runs
+from cfg_jax import sampling
+
+FLAGS = flags.FLAGS
+# The flags defined here belong to the CLI that calls define_sampling_flags: its --help
+# lists them.
+flags.disclaim_key_flags()
+
+
+def define_sampling_flags(*, default_w: Sequence[str], out_default: str, verb: str) -> None:
+  """--workdir, --step, --w, --steps, --out, --seed, --batch_size, the sampler options and
+  the classifier-guidance flags. `verb` says what the CLI does with the checkpoint."""
+  flags.DEFINE_string("workdir", None, "A training run (python -m cfg_jax.train --workdir).")
+  flags.DEFINE_integer("step", None, f"The checkpoint (training step) to {verb}; default: the "
+                       "newest that restores. Not --steps, the sampling steps.")
+  flags.DEFINE_list("w", list(default_w), "Guidance weights w (paper's; scale = 1 + w).")
+  flags.DEFINE_integer("steps", 256, "Sampling steps T.")
+  flags.DEFINE_string("out", None, f"Output folder (default <workdir>/{out_default}).")
+  flags.DEFINE_integer("seed", 0, "Sampling seed.")
+  flags.DEFINE_integer("batch_size", 256, "Samples per device call (global, over all devices).")
+  # Not --v, which is absl's logging verbosity.
+  flags.DEFINE_float("sampling_v", None,
+                     "Reverse-variance interpolation v in [0, 1] (default: the run's).")
+  flags.DEFINE_enum("sampler", None, list(sampling.SAMPLERS),
+                    "stochastic or ddim (default: the run's).")
+  flags.DEFINE_bool("clip_x", None, "Clip x̃ to [-1, 1] (default: the run's).")
+  flags.DEFINE_string("classifier_workdir", None, "A classifier run, for classifier guidance.")
+  flags.DEFINE_list("classifier_scale", None,
+                    "Classifier guidance scales s (with --classifier_workdir).")
+  flags.mark_flags_as_required(["workdir"])
+
+
+def parse_floats(name: str, values: Sequence[str] | None) -> list[float] | None:
+  """A list flag's strings as finite floats, or a UsageError naming --<name>."""
+  if values is None:
+    return None
+  try:
+    out = [float(x) for x in values]
+  except ValueError as e:
+    raise app.UsageError(f"--{name} must be a comma-separated list of numbers: {e}") from e
+  if not all(math.isfinite(x) for x in out):
+    raise app.UsageError(f"--{name} must be finite, got {','.join(values)}.")
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingOptions:
+  """The parsed flags of `define_sampling_flags`; None options mean the run's config."""
+  workdir: str
+  step: int | None
+  ws: list[float]
+  steps: int
+  out: epath.Path
+  seed: int
+  batch_size: int
+  v: float | None
+  sampler: str | None
+  clip_x: bool | None
+  classifier_workdir: str | None
+  classifier_scales: list[float] | None
+
+
+def sampling_options(out_default: str) -> SamplingOptions:
+  """The flags of `define_sampling_flags`, checked; a UsageError names a bad one."""
+  for name in ("steps", "batch_size"):
+    if FLAGS[name].value < 1:
+      raise app.UsageError(f"--{name} must be >= 1, got {FLAGS[name].value}.")
+  return SamplingOptions(
+      workdir=FLAGS.workdir, step=FLAGS.step, ws=parse_floats("w", FLAGS.w), steps=FLAGS.steps,
+      out=epath.Path(FLAGS.out or epath.Path(FLAGS.workdir) / out_default), seed=FLAGS.seed,
+      batch_size=FLAGS.batch_size, v=FLAGS.sampling_v, sampler=FLAGS.sampler,
+      clip_x=FLAGS.clip_x, classifier_workdir=FLAGS.classifier_workdir,
+      classifier_scales=parse_floats("classifier_scale", FLAGS.classifier_scale))
+
+
+def guidance_grid(ws: Sequence[float | None], classifier_scales: Sequence[float] | None
+                  ) -> list[tuple[float | None, float | None]]:
+  """Every (classifier scale, w) to sample, scale by scale; the scale is None without a
+  classifier."""
+  return [(scale, w) for scale in (classifier_scales or [None]) for w in ws]
+
+
+def load_classifier(workdir: epath.PathLike | None,
+                    scales: Sequence[float] | None) -> runs.Run | None:
+  """The classifier run of --classifier_workdir (None without one), checked to be one and
+  to come with --classifier_scale."""
+  if (workdir is None) != (scales is None):
+    raise ValueError("--classifier_workdir and --classifier_scale go together.")
+  if workdir is None:
+    return None
+  try:
+    classifier = runs.load_run(workdir)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"--classifier_workdir={workdir}: {e}") from e
+  if classifier.config.model.name != "classifier":
+    raise ValueError(f"--classifier_workdir={workdir} holds a "
+                     f"{classifier.config.model.name!r} model, not a classifier.")
+  return classifier
