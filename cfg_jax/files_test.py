@@ -51,7 +51,7 @@ def test_a_write_that_fails_half_way_keeps_the_previous_version_and_no_temporary
 
 def _samples(out, value):
   x = np.full((6, 2), value, np.float32)
-  runs.write_samples(x, np.arange(6) % 3, epath.Path(out), "w1", num_classes=3)
+  runs.write_sample_files(x, np.arange(6) % 3, epath.Path(out), "w1", num_classes=3)
 
 
 def _metrics(out, value):
@@ -66,7 +66,7 @@ def _config(out, value):
 
 
 def _grid(out, value):
-  visualization.save_samples(np.full((3, 4, 4, 1), value / 10, np.float32), np.arange(3),
+  visualization.save_sample_picture(np.full((3, 4, 4, 1), value / 10, np.float32), np.arange(3),
                              epath.Path(out) / "grid.png", num_classes=3)
 
 

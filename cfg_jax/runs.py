@@ -128,11 +128,11 @@ def sample_in_batches(sample_fn, params, labels: np.ndarray, *, w: float | None,
   return np.concatenate(out)
 
 
-def write_samples(x: np.ndarray, labels: np.ndarray, out: epath.Path, name: str, *,
-                  num_classes: int, title: str = "") -> None:
+def write_sample_files(x: np.ndarray, labels: np.ndarray, out: epath.Path, name: str, *,
+                       num_classes: int, title: str = "") -> None:
   """`<name>.png` (one row per class) and `<name>.npz` (uint8 images or float points)."""
   out.mkdir(parents=True, exist_ok=True)
-  visualization.save_samples(x, labels, out / f"{name}.png", num_classes=num_classes,
+  visualization.save_sample_picture(x, labels, out / f"{name}.png", num_classes=num_classes,
                              title=title)
   arrays = {"labels": labels}
   if x.ndim == 4:

@@ -58,7 +58,7 @@ def sample(workdir: epath.PathLike, *, ws: Sequence[float | None], num_steps: in
         classifier_scale=scale, progress=jax.process_index() == 0)
     name = ("uncond" if w is None else f"w{w:g}") + ("" if scale is None else f"_s{scale:g}")
     if jax.process_index() == 0:
-      runs.write_samples(x, labels, epath.Path(out), name, num_classes=num_classes,
+      runs.write_sample_files(x, labels, epath.Path(out), name, num_classes=num_classes,
                          title=f"{epath.Path(workdir).name} step {run.step}, {name}")
     names.append(name)
   return names

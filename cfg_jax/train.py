@@ -199,8 +199,8 @@ def check_finite(state: TrainState, config: ml_collections.ConfigDict,
   return skipped
 
 
-def write_samples(config: ml_collections.ConfigDict, model: Any, ema_params: Any,
-                  workdir: epath.Path, step: int, writer: metric_writer.SummaryWriter) -> None:
+def write_sample_grids(config: ml_collections.ConfigDict, model: Any, ema_params: Any,
+                       workdir: epath.Path, step: int, writer: metric_writer.SummaryWriter) -> None:
   """A PNG grid (one row per class) of EMA samples per w of config.sampling.w.
 
   Each grid goes to `workdir/samples/` and to TensorBoard (tag `samples/w<w>`).
@@ -216,7 +216,7 @@ def write_samples(config: ml_collections.ConfigDict, model: Any, ema_params: Any
     x = runs.sample_in_batches(sample_fn, ema_params, labels, w=float(w),
                                batch_size=len(labels), seed=config.seed, progress=False)
     if jax.process_index() == 0:
-      image = visualization.save_samples(
+      image = visualization.save_sample_picture(
           x, labels, workdir / "samples" / f"step_{step:08d}_w{w:g}.png", num_classes=classes,
           title=f"step {step}, w={w:g}")
       writer.write_images(step, {f"samples/w{w:g}": image})
@@ -260,7 +260,7 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path) -> int:
   checkpointing.save_config(workdir, config)  # after the restore, which may refuse the workdir
   step = int(state.step)
 
-  p_train_step = xla_options.jit(
+  jit_train_step = xla_options.jit(
       functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=config),
       in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
       donate_argnums=(0,))
@@ -275,7 +275,7 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path) -> int:
   exit_code = 0
   try:
     for step, local_batch in dataset.iterate(step, batch_size=t.batch_size, stop_step=t.num_steps):
-      state, metrics = p_train_step(state, parallel.global_batch(local_batch, data_sharding))
+      state, metrics = jit_train_step(state, parallel.global_batch(local_batch, data_sharding))
       pending_metrics.append(metrics)
       done = step + 1
       preempted = preemption.reached(done)
@@ -288,7 +288,7 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path) -> int:
         check_finite(state, config, checkpointer)
         checkpointer.save(done, state, meta | {"data_step": done})
       if (done % t.sample_every == 0 or last) and not preempted:  # leave before the deadline
-        write_samples(config, model, state.ema_params, workdir, done, writer)
+        write_sample_grids(config, model, state.ema_params, workdir, done, writer)
       if preempted:
         logging.warning("Preempted (SIGTERM): saved step %d; exiting with code %d. Rerun the "
                         "same command to resume.", done, PREEMPTED_EXIT_CODE)

@@ -86,8 +86,8 @@ def scatter_plot(points: np.ndarray, labels: np.ndarray, num_classes: int, *, ti
   return np.asarray(image)
 
 
-def save_samples(x: np.ndarray, labels: np.ndarray, path: epath.PathLike, *,
-                 num_classes: int, title: str = "") -> np.ndarray:
+def save_sample_picture(x: np.ndarray, labels: np.ndarray, path: epath.PathLike, *,
+                        num_classes: int, title: str = "") -> np.ndarray:
   """Writes samples to a PNG, an image grid for [N, H, W, C] or a scatter plot for [N, 2],
   and returns that picture as uint8 [H, W, C]."""
   if x.ndim == 4:

@@ -121,7 +121,7 @@ def test_train_resume_and_sample_with_a_gs_workdir(fake_gcs):
   labels = runs.make_labels(run.config.data.num_classes, per_class=2)
   x = runs.sample_in_batches(runs.make_run_sample_fn(run, num_steps=2), run.params, labels,
                              w=1., batch_size=len(labels), seed=0, progress=False)
-  runs.write_samples(x, labels, epath.Path(WORKDIR) / "samples_cli", "w1",
+  runs.write_sample_files(x, labels, epath.Path(WORKDIR) / "samples_cli", "w1",
                      num_classes=run.config.data.num_classes)
   assert sorted(p.name for p in (bucket_run / "samples_cli").iterdir()) == ["w1.npz", "w1.png"]
   assert not (bucket_run / "train.lock").exists()
