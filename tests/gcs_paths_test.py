@@ -115,7 +115,7 @@ def test_train_resume_and_sample_with_a_gs_workdir(fake_gcs):
   assert os.fspath(checkpointer.directory) == f"{WORKDIR}/checkpoints"
   checkpointer.close()
 
-  # What `python -m cfg_jax.sample --workdir=gs://...` does.
+  # What `python -m cfg_jax.generate --workdir=gs://...` does.
   run = runs.load_run(WORKDIR)
   assert run.step == 6
   labels = runs.make_labels(run.config.data.num_classes, per_class=2)

@@ -14,14 +14,14 @@ OPTIONAL = ("tensorflow", "tensorflow_datasets", "clu", "matplotlib", "mlxtend",
 
 def test_importing_the_command_line_tools_imports_no_optional_package():
   code = ("import sys\n"
-          "import cfg_jax.train, cfg_jax.sample, cfg_jax.evaluate, cfg_jax.sampling\n"
+          "import cfg_jax.train, cfg_jax.generate, cfg_jax.evaluate, cfg_jax.sampling\n"
           f"print(','.join(m for m in {OPTIONAL!r} if m in sys.modules))")
   result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                           text=True)
   assert result.stdout.strip() == ""
 
 
-@pytest.mark.parametrize("module", ["cfg_jax.train", "cfg_jax.sample", "cfg_jax.evaluate"])
+@pytest.mark.parametrize("module", ["cfg_jax.train", "cfg_jax.generate", "cfg_jax.evaluate"])
 def test_help_runs_without_optional_packages(module):
   """--help with every optional package made unimportable (as in a core-only install)."""
   blocker = ("import sys, importlib.abc\n"

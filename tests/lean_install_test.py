@@ -61,7 +61,7 @@ def test_a_core_wheel_trains_samples_and_evaluates_outside_the_checkout(tmp_path
   events = metric_writer_test.read_events(toy / "tensorboard")
   assert [e.step for e in events.Scalars("loss")] == [1, 2]
   assert [e.step for e in events.Images("samples/w0")] == [2]
-  cli("sample", f"--workdir={toy}", "--w=0,1", "--num_samples=8", "--steps=2",
+  cli("generate", f"--workdir={toy}", "--w=0,1", "--num_samples=8", "--steps=2",
       f"--out={tmp_path / 'samples'}")
   assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
       "w0.npz", "w0.png", "w1.npz", "w1.png"]

@@ -30,7 +30,7 @@ def _train(workdir):
 
 
 def _sample(workdir, out):
-  return [sys.executable, "-m", "cfg_jax.sample", f"--workdir={workdir}", "--w=1",
+  return [sys.executable, "-m", "cfg_jax.generate", f"--workdir={workdir}", "--w=1",
           "--num_samples=8", "--steps=4", "--batch_size=8", f"--out={out}"]
 
 

@@ -6,7 +6,7 @@ Several processes when JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCES
 are set: `runtime.set_up_process()` initializes jax.distributed from them, as on a
 cluster. The worker trains to RESUME_AT steps, then to NUM_STEPS in a second
 `train_and_evaluate` (a resume from the checkpoint), then restores the EMA params as
-`cfg_jax.sample` does. Last it starts an endless run in WORKDIR_preempted, writing each
+`cfg_jax.generate` does. Last it starts an endless run in WORKDIR_preempted, writing each
 step it reaches to the file PROGRESS, until the test sends SIGTERM (to one process of
 the job). OUT.npz holds, for this process:
   indices/labels/x     the dataset rows it read, one row of the array per step;

@@ -1,6 +1,6 @@
-r"""Samples a trained run at several guidance strengths w: PNG grids and .npz files.
+r"""Samples of a trained run at several guidance strengths w: PNG grids and .npz files.
 
-    python -m cfg_jax.sample --workdir=runs/mnist --w=0,0.5,1,3 --num_samples=100 \
+    python -m cfg_jax.generate --workdir=runs/mnist --w=0,0.5,1,3 --num_samples=100 \
         --steps=256 --out=runs/mnist/samples_cli
 
 Restores the EMA parameters of `--workdir`'s newest checkpoint that restores, or of
@@ -28,7 +28,7 @@ from cfg_jax import runtime
 OUT_DEFAULT = "samples_cli"  # under the workdir
 
 
-def sample(workdir: epath.PathLike, *, ws: Sequence[float | None], num_steps: int,
+def generate(workdir: epath.PathLike, *, ws: Sequence[float | None], num_steps: int,
            out: epath.PathLike, num_samples: int | None = None, per_class: int | None = None,
            labels: Sequence[int] | None = None, step: int | None = None, seed: int = 0,
            batch_size: int = 256, v: float | None = None, sampler: str | None = None,
@@ -92,8 +92,8 @@ def main(argv):
                            "only: give --classifier_workdir and --classifier_scale, not --w.")
     ws = [None]
   runtime.set_up_process()
-  with runtime.one_line_errors("cfg_jax.sample"):
-    names = sample(
+  with runtime.one_line_errors("cfg_jax.generate"):
+    names = generate(
         options.workdir, ws=ws, num_steps=options.steps, out=options.out,
         num_samples=f.num_samples, per_class=f.per_class,
         labels=None if f.labels is None else [int(x) for x in f.labels], step=options.step,

@@ -10,7 +10,7 @@ from cfg_jax import train_test
 
 
 def _sample(workdir, out, *flags):
-  return subprocess.run([sys.executable, "-m", "cfg_jax.sample", f"--workdir={workdir}",
+  return subprocess.run([sys.executable, "-m", "cfg_jax.generate", f"--workdir={workdir}",
                          f"--out={out}", "--steps=8", "--batch_size=16", *flags],
                         capture_output=True, text=True, timeout=600)
 
@@ -53,6 +53,6 @@ def test_sample_cli_step_chooses_the_checkpoint_and_lists_the_steps_there_are(tm
     np.testing.assert_allclose(f["points"], expected, rtol=1e-5, atol=1e-5)
   done = _sample(tmp_path / "run", tmp_path / "none", "--w=1", "--per_class=2", "--step=5")
   assert done.returncode == 1 and done.stderr.splitlines()[-1] == (
-      f"cfg_jax.sample: error: --step=5: {tmp_path / 'run' / 'checkpoints'} has no checkpoint "
+      f"cfg_jax.generate: error: --step=5: {tmp_path / 'run' / 'checkpoints'} has no checkpoint "
       f"of that step; it has steps 4, 8.")
   assert not (tmp_path / "none").exists()
