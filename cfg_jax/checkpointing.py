@@ -145,6 +145,13 @@ class Checkpointer:
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
     return restored["state"], meta
 
+  def restore_raw(self, step: int) -> Any:
+    """Step `step`'s state as saved, on one device and without a target structure: for
+    inspecting a checkpoint whatever the device count that wrote it."""
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(fallback_sharding=sharding)))["state"]
+
   def restore_newest(self, restore: Callable[[int], T], *, step: int | None = None,
                      move_damaged: bool = False) -> tuple[int, T]:
     """`(s, restore(s))` for the newest step s that restores, or for `step` if given.

@@ -39,9 +39,7 @@ def final_state(workdir):
   ckpt = checkpointing.Checkpointer(workdir, read_only=True)
   step = ckpt.latest_step()
   meta = ckpt.restore_meta(step)
-  restored = ckpt._manager.restore(step, args=checkpointing.ocp.args.Composite(
-      state=checkpointing.ocp.args.StandardRestore(  # whatever device count wrote it
-          fallback_sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))))["state"]
+  restored = ckpt.restore_raw(step)
   ckpt.close()
   return step, meta, jax.tree.map(np.asarray, restored)
 
