@@ -87,21 +87,14 @@ def compute_features(net: FeatureNet, x: np.ndarray, *, batch_size: int
                      ) -> tuple[np.ndarray, np.ndarray]:
   """(features, logits) of x, `batch_size` at a time, sharded over the devices.
 
-  The last batch is padded so every call has one shape and one compile.
+  The last batch is padded so every call has one shape and one compile
+  (`parallel.apply_in_batches`).
   """
   if len(x) == 0:
     raise ValueError("compute_features needs at least one example.")
-  mesh = parallel.data_mesh()
-  sharding = parallel.batch_sharded(mesh) if batch_size % jax.device_count() == 0 else (
-      parallel.replicated(mesh))
-  features, logits = [], []
-  for start in range(0, len(x), batch_size):
-    chunk = np.asarray(x[start:start + batch_size], np.float32)
-    padded = np.pad(chunk, [(0, batch_size - len(chunk))] + [(0, 0)] * (chunk.ndim - 1))
-    batch_features, batch_logits = jax.device_get(net.apply(jax.device_put(padded, sharding)))
-    features.append(np.asarray(batch_features, np.float32)[:len(chunk)])
-    logits.append(np.asarray(batch_logits, np.float32)[:len(chunk)])
-  return np.concatenate(features), np.concatenate(logits)
+  features, logits = parallel.apply_in_batches(lambda k, batch: net.apply(batch),
+                                               np.asarray(x, np.float32), batch_size=batch_size)
+  return np.asarray(features, np.float32), np.asarray(logits, np.float32)
 
 
 # --- InceptionV3, the FID variant --------------------------------------------------------
