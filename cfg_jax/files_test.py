@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from cfg_jax import checkpointing
-from cfg_jax import evaluate
 from cfg_jax import files
 from cfg_jax import runs
 from cfg_jax import visualization
+from cfg_jax.evaluation import report
 
 PATH_CLASS = type(epath.Path("/"))
 
@@ -58,7 +58,7 @@ def _metrics(out, value):
   rows = [dict(w=w, classifier_scale=None, fid=value + w, inception_score=2. + w,
                inception_score_std=0.1, precision=0.5, recall=0.4, accuracy=0.9,
                num_samples=4) for w in (0., 1.)]
-  evaluate.write_results(rows, out, title=f"run {value}")
+  report.write_results(rows, out, title=f"run {value}")
 
 
 def _config(out, value):

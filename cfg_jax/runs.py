@@ -11,7 +11,6 @@ from typing import Any, Sequence
 from absl import logging
 from etils import epath
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -107,25 +106,21 @@ def sample_in_batches(sample_fn, params, labels: np.ndarray, *, w: float | None,
   """Samples for all labels, `batch_size` at a time, each batch sharded over the devices.
 
   The last batch is padded to batch_size (so every call has one shape and one compile)
-  and the padding dropped. Batch k uses rng fold_in(PRNGKey(seed), k).
+  and the padding dropped (`parallel.apply_in_batches`). Batch k uses rng
+  fold_in(PRNGKey(seed), k).
   """
-  mesh = parallel.data_mesh()
-  sharding = parallel.batch_sharded(mesh) if batch_size % jax.device_count() == 0 else (
-      parallel.replicated(mesh))
-  out = []
-  starts = range(0, len(labels), batch_size)
-  for k, start in enumerate(starts):
+  num_batches = -(-len(labels) // batch_size)
+  kwargs = {}
+  if classifier_scale is not None:
+    kwargs = dict(classifier_params=classifier_params, classifier_scale=classifier_scale)
+
+  def sample_batch(k: int, batch_labels: jax.Array) -> jax.Array:
     if progress:
-      logging.info("Sampling w=%s: batch %d of %d.", w, k + 1, len(starts))
-    chunk = labels[start:start + batch_size]
-    padded = np.pad(chunk, (0, batch_size - len(chunk)))
-    kwargs = {}
-    if classifier_scale is not None:
-      kwargs = dict(classifier_params=classifier_params, classifier_scale=classifier_scale)
-    x = sample_fn(params, jax.random.fold_in(jax.random.PRNGKey(seed), k),
-                  jax.device_put(jnp.asarray(padded), sharding), w, **kwargs)
-    out.append(parallel.to_host(x)[:len(chunk)])
-  return np.concatenate(out)
+      logging.info("Sampling w=%s: batch %d of %d.", w, k + 1, num_batches)
+    return sample_fn(params, jax.random.fold_in(jax.random.PRNGKey(seed), k), batch_labels, w,
+                     **kwargs)
+
+  return parallel.apply_in_batches(sample_batch, labels, batch_size=batch_size)
 
 
 def write_sample_files(x: np.ndarray, labels: np.ndarray, out: epath.Path, name: str, *,

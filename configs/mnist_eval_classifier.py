@@ -1,9 +1,9 @@
 """The evaluation classifier for MNIST-like data: its logits give IS, its features FID and P&R.
 
 Read by `python -m cfg_jax.evaluate` (--eval_classifier_config), not by cfg_jax.train:
-`feature_nets.EvalClassifier`, a small clean-image CNN, trained with Adam on the data
-of the run being evaluated (config.data of that run) the first time it is needed, and
-cached under <workdir>/eval_classifier/<source>-<hash>. The last `holdout` examples of
+`cfg_jax.evaluation.eval_classifier.EvalClassifier`, a small clean-image CNN, trained with
+Adam on the data of the run being evaluated (config.data of that run) the first time it is
+needed, and cached under <workdir>/eval_classifier/<source>-<hash>. The last `holdout` examples of
 the data order are kept out of training to report its accuracy (mnist5k: 98.6%, after
 ~3 minutes of training on two busy CPU cores).
 """

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from cfg_jax import metrics
+from cfg_jax.evaluation import metrics
 
 
 def _fid(a, b):
