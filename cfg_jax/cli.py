@@ -89,13 +89,6 @@ def sampling_options(out_default: str) -> SamplingOptions:
       classifier_scales=parse_floats("classifier_scale", FLAGS.classifier_scale))
 
 
-def guidance_grid(ws: Sequence[float | None], classifier_scales: Sequence[float] | None
-                  ) -> list[tuple[float | None, float | None]]:
-  """Every (classifier scale, w) to sample, scale by scale; the scale is None without a
-  classifier."""
-  return [(scale, w) for scale in (classifier_scales or [None]) for w in ws]
-
-
 def load_classifier(workdir: epath.PathLike | None,
                     scales: Sequence[float] | None) -> runs.Run | None:
   """The classifier run of --classifier_workdir (None without one), checked to be one and

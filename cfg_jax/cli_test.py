@@ -14,12 +14,6 @@ def test_parse_floats_names_the_flag():
     cli.parse_floats("classifier_scale", ["1", "inf"])
 
 
-def test_guidance_grid_runs_every_w_for_each_classifier_scale():
-  assert cli.guidance_grid([0., 1.], None) == [(None, 0.), (None, 1.)]
-  assert cli.guidance_grid([0., 1.], [1., 4.]) == [(1., 0.), (1., 1.), (4., 0.), (4., 1.)]
-  assert cli.guidance_grid([None], [2.]) == [(2., None)]
-
-
 def test_a_classifier_workdir_needs_its_scales_and_the_scales_their_workdir(tmp_path):
   assert cli.load_classifier(None, None) is None
   for workdir, scales in ((tmp_path, None), (None, [1.])):

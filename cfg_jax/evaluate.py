@@ -4,7 +4,7 @@ r"""FID, IS, precision/recall and accuracy of a run's samples across guidance st
         --num_samples=1000 --steps=128 [--out=runs/mnist/eval]
 
 For each w (and each classifier-guidance scale s, given --classifier_workdir and
---classifier_scale as in cfg_jax.sample) it samples --num_samples examples with the
+--classifier_scale as in cfg_jax.generate) it samples --num_samples examples with the
 labels spread evenly over the classes and measures them against the run's data:
 
   FID                  Fréchet distance of feature statistics; the data's (--num_real

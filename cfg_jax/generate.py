@@ -51,15 +51,13 @@ def generate(workdir: epath.PathLike, *, ws: Sequence[float | None], num_steps: 
       guidance_interval=guidance_interval, classifier=classifier,
       condition_model=not unconditional)
   names = []
-  for scale, w in cli.guidance_grid(ws, classifier_scales):
-    x = runs.sample_in_batches(
-        sample_fn, run.params, labels, w=w, batch_size=batch_size, seed=seed,
-        classifier_params=None if classifier is None else classifier.params,
-        classifier_scale=scale, progress=jax.process_index() == 0)
+  for scale, w, x in runs.sample_guidance_grid(
+      sample_fn, run, labels, ws=ws, classifier=classifier, classifier_scales=classifier_scales,
+      batch_size=batch_size, seed=seed):
     name = ("uncond" if w is None else f"w{w:g}") + ("" if scale is None else f"_s{scale:g}")
     if jax.process_index() == 0:
       runs.write_sample_files(x, labels, epath.Path(out), name, num_classes=num_classes,
-                         title=f"{epath.Path(workdir).name} step {run.step}, {name}")
+                              title=f"{epath.Path(workdir).name} step {run.step}, {name}")
     names.append(name)
   return names
 

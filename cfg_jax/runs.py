@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from absl import logging
 from etils import epath
@@ -121,6 +121,20 @@ def sample_in_batches(sample_fn, params, labels: np.ndarray, *, w: float | None,
                      **kwargs)
 
   return parallel.apply_in_batches(sample_batch, labels, batch_size=batch_size)
+
+
+def sample_guidance_grid(sample_fn, run: Run, labels: np.ndarray, *,
+                         ws: Sequence[float | None], classifier: Run | None = None,
+                         classifier_scales: Sequence[float] | None = None, batch_size: int,
+                         seed: int) -> Iterator[tuple[float | None, float | None, np.ndarray]]:
+  """`(classifier scale, w, samples)` for every w at each classifier scale (the scale is
+  None without a classifier), sampled by `sample_in_batches`."""
+  for scale in classifier_scales or [None]:
+    for w in ws:
+      yield scale, w, sample_in_batches(
+          sample_fn, run.params, labels, w=w, batch_size=batch_size, seed=seed,
+          classifier_params=None if classifier is None else classifier.params,
+          classifier_scale=scale, progress=jax.process_index() == 0)
 
 
 def write_sample_files(x: np.ndarray, labels: np.ndarray, out: epath.Path, name: str, *,

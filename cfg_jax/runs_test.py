@@ -40,6 +40,10 @@ def test_load_run_and_sample_in_batches(tmp_path):
   again = runs.sample_in_batches(sample_fn, run.params, labels, w=1., batch_size=4, seed=0,
                                  progress=False)
   np.testing.assert_array_equal(x, again)
+  grid = list(runs.sample_guidance_grid(sample_fn, run, labels, ws=[0., 1.], batch_size=4,
+                                        seed=0))
+  assert [(scale, w) for scale, w, _ in grid] == [(None, 0.), (None, 1.)]
+  np.testing.assert_array_equal(grid[1][2], x)
 
 
 def test_load_run_of_a_folder_that_is_not_a_run(tmp_path):

@@ -126,11 +126,9 @@ def evaluate(workdir: epath.PathLike, *, ws: Sequence[float], num_samples: int, 
   sample_fn = runs.make_run_sample_fn(run, num_steps=steps, v=v, sampler=sampler, clip_x=clip_x,
                                       classifier=classifier)
   rows = []
-  for scale, w in cli.guidance_grid(ws, classifier_scales):
-    x = runs.sample_in_batches(
-        sample_fn, run.params, labels, w=w, batch_size=batch_size, seed=seed,
-        classifier_params=None if classifier is None else classifier.params,
-        classifier_scale=scale, progress=jax.process_index() == 0)
+  for scale, w, x in runs.sample_guidance_grid(
+      sample_fn, run, labels, ws=ws, classifier=classifier, classifier_scales=classifier_scales,
+      batch_size=batch_size, seed=seed):
     row = {"w": w, "classifier_scale": scale,
            **sample_metrics(x, labels, net, real, k=k, is_splits=is_splits,
                             batch_size=feature_batch_size)}
