@@ -1,5 +1,5 @@
-"""What the sample and evaluate command lines share: the flags that choose a run, its
-sampler and its guidance, their parsing, and the loading of a guidance classifier.
+"""What the generate and evaluate command lines share: the flags that choose a run, its
+sampler and its guidance, and their parsing.
 
 Each CLI defines its flags only when it is the program (`define_sampling_flags` under
 `if __name__ == "__main__"`), so importing the CLIs together defines nothing twice.
@@ -14,7 +14,6 @@ from absl import app
 from absl import flags
 from etils import epath
 
-from cfg_jax import runs
 from cfg_jax import sampling
 
 FLAGS = flags.FLAGS
@@ -87,21 +86,3 @@ def sampling_options(out_default: str) -> SamplingOptions:
       batch_size=FLAGS.batch_size, v=FLAGS.sampling_v, sampler=FLAGS.sampler,
       clip_x=FLAGS.clip_x, classifier_workdir=FLAGS.classifier_workdir,
       classifier_scales=parse_floats("classifier_scale", FLAGS.classifier_scale))
-
-
-def load_classifier(workdir: epath.PathLike | None,
-                    scales: Sequence[float] | None) -> runs.Run | None:
-  """The classifier run of --classifier_workdir (None without one), checked to be one and
-  to come with --classifier_scale."""
-  if (workdir is None) != (scales is None):
-    raise ValueError("--classifier_workdir and --classifier_scale go together.")
-  if workdir is None:
-    return None
-  try:
-    classifier = runs.load_run(workdir)
-  except FileNotFoundError as e:
-    raise FileNotFoundError(f"--classifier_workdir={workdir}: {e}") from e
-  if classifier.config.model.name != "classifier":
-    raise ValueError(f"--classifier_workdir={workdir} holds a "
-                     f"{classifier.config.model.name!r} model, not a classifier.")
-  return classifier

@@ -57,6 +57,24 @@ def load_run(workdir: epath.PathLike, *, step: int | None = None) -> Run:
   return Run(config, model, params, step)
 
 
+def load_classifier(workdir: epath.PathLike | None,
+                    scales: Sequence[float] | None) -> Run | None:
+  """The classifier run of --classifier_workdir (None without one), checked to be one and
+  to come with --classifier_scale."""
+  if (workdir is None) != (scales is None):
+    raise ValueError("--classifier_workdir and --classifier_scale go together.")
+  if workdir is None:
+    return None
+  try:
+    classifier = load_run(workdir)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"--classifier_workdir={workdir}: {e}") from e
+  if classifier.config.model.name != "classifier":
+    raise ValueError(f"--classifier_workdir={workdir} holds a "
+                     f"{classifier.config.model.name!r} model, not a classifier.")
+  return classifier
+
+
 def make_labels(num_classes: int, *, num_samples: int | None = None,
                 per_class: int | None = None, labels: Sequence[int] | None = None) -> np.ndarray:
   """int32 labels: explicit ones, `per_class` of each class, or `num_samples` spread evenly."""

@@ -70,3 +70,13 @@ def test_load_run_reads_past_a_damaged_checkpoint_and_moves_nothing(tmp_path, ca
                                        r"step; it has steps 4, 8\.$"):
     runs.load_run(tmp_path, step=5)
   assert train_test.files_under(tmp_path) == before
+
+
+def test_a_classifier_workdir_needs_its_scales_and_the_scales_their_workdir(tmp_path):
+  assert runs.load_classifier(None, None) is None
+  for workdir, scales in ((tmp_path, None), (None, [1.])):
+    with pytest.raises(ValueError, match="--classifier_workdir and --classifier_scale go "
+                       "together"):
+      runs.load_classifier(workdir, scales)
+  with pytest.raises(FileNotFoundError, match=r"--classifier_workdir=.* holds no config.json"):
+    runs.load_classifier(tmp_path, [1.])

@@ -15,7 +15,6 @@ import jax
 import ml_collections
 import numpy as np
 
-from cfg_jax import cli
 from cfg_jax import config_lib
 from cfg_jax import runs
 from cfg_jax.evaluation import eval_classifier
@@ -116,7 +115,7 @@ def evaluate(workdir: epath.PathLike, *, ws: Sequence[float], num_samples: int, 
   report.require_matplotlib()
   workdir = epath.Path(workdir)
   run = runs.load_run(workdir, step=step)
-  classifier = cli.load_classifier(classifier_workdir, classifier_scales)
+  classifier = runs.load_classifier(classifier_workdir, classifier_scales)
   net = make_feature_net(run.config, inception_weights=inception_weights,
                          eval_classifier_config=eval_classifier_config,
                          eval_classifier_dir=eval_classifier_dir or workdir / "eval_classifier")
