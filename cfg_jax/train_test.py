@@ -87,6 +87,19 @@ def test_refuses_a_checkpoint_of_another_model(tmp_path):
     train.train_and_evaluate(config, str(tmp_path))
 
 
+def test_a_run_resumes_with_remat_switched_on(tmp_path):
+  train.train_and_evaluate(toy_config(num_steps=8), str(tmp_path / "straight"))
+  train.train_and_evaluate(toy_config(num_steps=4), str(tmp_path / "resumed"))
+  config = toy_config(num_steps=8)
+  config.model.remat = True  # not part of the checkpoint's signature: same parameters
+  train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  _, _, straight = final_state(tmp_path / "straight")
+  step, _, resumed = final_state(tmp_path / "resumed")
+  assert step == 8
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               resumed, straight)
+
+
 def test_p_uncond_replaces_labels_with_null():
   config = toy_config()
   seen = {}
