@@ -54,7 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
   model.resblock_updown = True
   model.skip_rescale = True    # scale residual sums by 1/sqrt(2)
   model.dtype = "float32"      # compute dtype; params stay float32
-  model.remat = False          # recompute each block in the backward pass: less memory, ~1/3 more compute
+  model.remat = False          # recompute blocks in the backward pass: less memory, more compute
   model.mlp_hidden = 256       # mlp only
   model.mlp_depth = 4          # mlp only
 
