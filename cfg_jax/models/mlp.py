@@ -26,7 +26,6 @@ class MLPBlock(nn.Module):
   """
   dropout: float = 0.
   dtype: layers.Dtype = jnp.float32
-  remat: bool = False
 
   @nn.compact
   def __call__(self, h: Array, emb: Array, train: bool) -> Array:
