@@ -1,22 +1,25 @@
-"""The PyTorch peer of our benchmark: diffusers' `UNet2DModel` shaped as our ADM UNet, on CPU.
+"""The PyTorch peer of our benchmark: diffusers' `UNet2DModel` shaped as our ADM UNet.
 
     model = build_unet(ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(16,),
                        num_head_channels=32, image_size=32, channels=1, num_classes=10,
                        dropout=0.1, resblock_updown=True)
     sampling_step_seconds(model, 16, guided=True, repeats=5, image_size=32, channels=1,
                           num_classes=10)
+    python -m bench.peer_diffusers '<spec as JSON>'   # `measure(spec)`, printed as PEER_JSON
 
 It times the same work as cfg_jax: one classifier-free guided reverse step (one forward
 on the doubled batch [z; z] with labels [c; ∅], then the stochastic step of
-cfg_jax/sampling.py) and one training step (Algorithm 1, clipping, AdamW, EMA).
-Importing this module calls `torch.set_num_threads(os.cpu_count())`. It never imports jax.
+cfg_jax/sampling.py) and one training step (Algorithm 1, clipping, AdamW, EMA), on the CPU
+or a CUDA GPU, in float32 or with bfloat16 autocast (float32 parameters, optimizer and loss).
+Importing this module calls `torch.set_num_threads(os.cpu_count())`. It never imports jax,
+so the command line can run it on a GPU before a jax process takes the GPU's memory.
 
 `build_unet` matches our UNet block for block and parameter for parameter (resblock
 up/downsampling, AdaGN "scale_shift", 1000 t(λ) sinusoidal embedding + MLP, class table of
 num_classes + 1 rows, res-attn-res middle). What diffusers does not let us match:
   - GroupNorm: one group count for every norm, min(32, ch // 4) (4 for mnist); ours takes
     min(32, C // 4) per layer (4/8/12/16 groups at 16/32/48/64 channels). Equal at ch >= 128.
-  - Layout NCHW (ours NHWC); float32 only (ours has a compute `dtype`).
+  - Layout NCHW (ours NHWC); bfloat16 by autocast (ours by the compute `dtype`).
   - q, k, v are three Linear layers (ours one fused Dense: same parameters and FLOPs);
     attention through `F.scaled_dot_product_attention`.
   - The network takes the timestep 1000 t(λ), computed outside it (ours maps λ to t inside).
@@ -24,10 +27,14 @@ num_classes + 1 rows, res-attn-res middle). What diffusers does not let us match
     and the output conv (irrelevant to speed).
   - The train step skips ours' learning-rate warmup, EMA-decay warmup and non-finite guard.
 """
+import contextlib
+import json
 import math
 import os
+import sys
 import time
 
+import diffusers
 import torch
 import torch.nn.functional as F
 from diffusers import UNet2DModel
@@ -83,25 +90,45 @@ def _timestep(logsnr: torch.Tensor) -> torch.Tensor:
   return TIME_SCALE * torch.atan(torch.exp(-0.5 * logsnr)) / (math.pi / 2)
 
 
-def _best_seconds(fn, repeats: int) -> float:
-  """The fastest wall time of fn() over `repeats` calls, after 2 warm-up calls (as bench/run.py)."""
+def default_device() -> str:
+  return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _autocast(device: str, dtype: str):
+  """bfloat16 autocast for dtype 'bfloat16' (matmuls and convolutions), else nothing."""
+  if dtype == "bfloat16":
+    return torch.autocast(device_type=device, dtype=torch.bfloat16)
+  if dtype != "float32":
+    raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}.")
+  return contextlib.nullcontext()
+
+
+def _best_seconds(fn, repeats: int, device: str = "cpu") -> float:
+  """The fastest wall time of fn() over `repeats` calls, after 2 warm-up calls (as bench/run.py).
+
+  On a GPU each call is timed until the GPU has finished it.
+  """
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
   for _ in range(2):
     fn()
+  sync()
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
     fn()
+    sync()
     times.append(time.perf_counter() - start)
   return min(times)
 
 
 def sampling_step_seconds(model: torch.nn.Module, batch_size: int, *, guided: bool,
-                          repeats: int, image_size: int, channels: int,
-                          num_classes: int) -> float:
+                          repeats: int, image_size: int, channels: int, num_classes: int,
+                          device: str = "cpu", dtype: str = "float32") -> float:
   """The fastest seconds of one stochastic reverse step z_λ → z_λ', eval mode, inference_mode.
 
   guided: one forward on [z; z] with labels [c; ∅] and ε̃ = (1 + w) ε_c - w ε_∅; else one
   forward on z with labels c. The step is step STEP of NUM_STEPS, as cfg_jax/sampling.py.
+  model must be on `device`.
   """
   model.eval()
   u = torch.linspace(1., 0., NUM_STEPS, dtype=torch.float64)[STEP:STEP + 2]
@@ -117,48 +144,52 @@ def sampling_step_seconds(model: torch.nn.Module, batch_size: int, *, guided: bo
   log_1m = math.log(-math.expm1(d))
   std = math.exp(0.5 * ((1. - V) * (log_1m + log_s2_s) + V * (log_1m + log_s2_t)))
 
-  z = torch.randn(batch_size, channels, image_size, image_size)
-  labels = torch.randint(0, num_classes, (batch_size,))
+  z = torch.randn(batch_size, channels, image_size, image_size, device=device)
+  labels = torch.randint(0, num_classes, (batch_size,), device=device)
   if guided:
     labels = torch.cat([labels, torch.full_like(labels, num_classes)])
-  timestep = torch.full((labels.shape[0],), _timestep(torch.tensor(lt)).item())
+  timestep = torch.full((labels.shape[0],), _timestep(torch.tensor(lt)).item(), device=device)
 
   def step():
     with torch.inference_mode():
+      with _autocast(device, dtype):
+        eps = model(torch.cat([z, z]) if guided else z, timestep, labels,
+                    return_dict=False)[0].float()
       if guided:
-        eps_c, eps_u = model(torch.cat([z, z]), timestep, labels, return_dict=False)[0].chunk(2)
+        eps_c, eps_u = eps.chunk(2)
         eps = (1. + W) * eps_c - W * eps_u
-      else:
-        eps = model(z, timestep, labels, return_dict=False)[0]
       x = (z - sigma_t * eps) / alpha_t
       return z_coef * z + x_coef * x + std * torch.randn_like(z)
 
-  return _best_seconds(step, repeats)
+  return _best_seconds(step, repeats, device)
 
 
 def train_step_seconds(model: torch.nn.Module, batch_size: int, *, repeats: int,
                        image_size: int, channels: int, num_classes: int,
-                       p_uncond: float = 0.1, lr: float = 5e-4) -> float:
+                       p_uncond: float = 0.1, lr: float = 5e-4, device: str = "cpu",
+                       dtype: str = "float32") -> float:
   """The fastest seconds of one training step in train mode (cfg_jax/train.py train_step).
 
   Labels → ∅ w.p. p_uncond, λ ~ p(λ), z = α x + σ ε, MSE to ε, backward, gradient norm
-  clipped to 1, AdamW, EMA of the parameters. Updates model's parameters.
+  clipped to 1, AdamW, EMA of the parameters. Updates model's parameters; model must be
+  on `device`.
   """
   model.train()
   params = [p for p in model.parameters() if p.requires_grad]
   ema = [p.detach().clone() for p in params]
   opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.)
-  x = torch.rand(batch_size, channels, image_size, image_size) * 2. - 1.
-  labels = torch.randint(0, num_classes, (batch_size,))
+  x = torch.rand(batch_size, channels, image_size, image_size, device=device) * 2. - 1.
+  labels = torch.randint(0, num_classes, (batch_size,), device=device)
 
   def step():
-    c = torch.where(torch.rand(batch_size) < p_uncond, num_classes, labels)
-    logsnr = _logsnr(torch.rand(batch_size))
+    c = torch.where(torch.rand(batch_size, device=device) < p_uncond, num_classes, labels)
+    logsnr = _logsnr(torch.rand(batch_size, device=device))
     alpha = torch.sigmoid(logsnr).sqrt().view(-1, 1, 1, 1)
     sigma = torch.sigmoid(-logsnr).sqrt().view(-1, 1, 1, 1)
     eps = torch.randn_like(x)
-    out = model(alpha * x + sigma * eps, _timestep(logsnr), c, return_dict=False)[0]
-    loss = F.mse_loss(out, eps)
+    with _autocast(device, dtype):
+      out = model(alpha * x + sigma * eps, _timestep(logsnr), c, return_dict=False)[0]
+    loss = F.mse_loss(out.float(), eps)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.)
@@ -167,4 +198,49 @@ def train_step_seconds(model: torch.nn.Module, batch_size: int, *, repeats: int,
       for e, p in zip(ema, params):
         e.lerp_(p, 1. - EMA_DECAY)
 
-  return _best_seconds(step, repeats)
+  return _best_seconds(step, repeats, device)
+
+
+def _out_of_memory(what: str, batch_size: int) -> dict:
+  torch.cuda.empty_cache()
+  return {"skipped": f"{what} ran out of GPU memory at batch {batch_size}"}
+
+
+def measure(spec: dict) -> dict:
+  """Times the peer on the work that `spec` describes; the figures as a JSON-able dict.
+
+  spec: "unet" (build_unet's arguments), "sampling_batches", "train_batch", "repeats",
+  "dtype" ('float32' or 'bfloat16') and optionally "device" (default: CUDA if there is
+  one). Sampling is timed per batch, unguided and guided; training at train_batch. A
+  figure that runs out of GPU memory, or all of them where "device" is "cuda" and there
+  is none, is {"skipped": why}.
+  """
+  device, dtype = spec.get("device") or default_device(), spec["dtype"]
+  if device == "cuda" and not torch.cuda.is_available():
+    return {"skipped": "torch sees no CUDA GPU here"}
+  unet = spec["unet"]
+  model = build_unet(**unet).to(device)
+  data = dict(image_size=unet["image_size"], channels=unet["channels"],
+              num_classes=unet["num_classes"], device=device, dtype=dtype)
+  out = {"num_params": num_params(model), "device": device, "dtype": dtype,
+         "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
+         "sampling": {}}
+  for b in spec["sampling_batches"]:
+    try:
+      out["sampling"][str(b)] = {
+          mode: sampling_step_seconds(model, b, guided=guided, repeats=spec["repeats"], **data)
+          for mode, guided in (("unguided", False), ("guided", True))}
+    except torch.cuda.OutOfMemoryError:
+      out["sampling"][str(b)] = _out_of_memory("sampling", b)
+  b = spec["train_batch"]
+  try:
+    seconds = train_step_seconds(model, b, repeats=spec["repeats"], **data)
+    out["training"] = {"seconds_per_step": seconds, "images_per_sec": b / seconds}
+  except torch.cuda.OutOfMemoryError:
+    out["training"] = _out_of_memory("training", b)
+  return out
+
+
+if __name__ == "__main__":
+  print("PEER_JSON " + json.dumps(measure(json.loads(sys.argv[1]))), flush=True)

@@ -1,4 +1,5 @@
-"""Tests of the diffusers peer: output shape and parameter count against our mnist UNet."""
+"""Tests of the diffusers peer: output shape and parameter count against our mnist UNet, and
+`measure` in bfloat16."""
 import pathlib
 
 import pytest
@@ -42,3 +43,23 @@ def test_param_count_matches_ours():
   ours = models.num_params(models.create_model(config), config)
   peer = peer_diffusers.num_params(_build(config))
   assert abs(peer - ours) <= 0.05 * ours, (peer, ours)
+
+
+def test_measure_times_sampling_and_training_with_bfloat16_autocast():
+  m, d = _mnist_config().model, _mnist_config().data
+  unet = dict(ch=m.ch, ch_mult=list(m.ch_mult), num_res_blocks=m.num_res_blocks,
+              attn_resolutions=list(m.attn_resolutions), num_head_channels=m.num_head_channels,
+              image_size=d.image_size, channels=d.channels, num_classes=d.num_classes,
+              dropout=m.dropout, resblock_updown=m.resblock_updown)
+  spec = {"unet": unet, "sampling_batches": [2], "train_batch": 2, "repeats": 1,
+          "dtype": "bfloat16", "device": "cpu"}
+  out = peer_diffusers.measure(spec)
+  assert (out["device"], out["device_name"], out["dtype"]) == ("cpu", "cpu", "bfloat16")
+  assert out["num_params"] == peer_diffusers.num_params(_build(_mnist_config()))
+  assert out["sampling"]["2"]["unguided"] > 0 and out["sampling"]["2"]["guided"] > 0
+  assert out["training"]["images_per_sec"] == 2 / out["training"]["seconds_per_step"]
+  with pytest.raises(ValueError, match="dtype must be"):
+    peer_diffusers.measure(spec | {"dtype": "float16"})
+  if not torch.cuda.is_available():  # the accelerator benchmark asks for the GPU
+    assert peer_diffusers.measure(spec | {"device": "cuda"}) == {
+        "skipped": "torch sees no CUDA GPU here"}

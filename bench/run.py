@@ -4,6 +4,9 @@ r"""The cfg_jax benchmark: guided sampling, training, compile time, FLOP/s, memo
     python -m bench.run           # the full run (about half an hour on 2 CPU cores)
     python -m bench.run --quick   # the toy2d MLP, a minute: checks that the code runs
 
+(`python -m bench.accelerator` measures the bfloat16 ImageNet presets on a GPU or TPU.)
+The peer runs on a CUDA GPU when torch has one, else on the CPU.
+
 Everything runs in ONE process, one measurement after another, so that every ratio
 compares two figures taken on the same machine in the same state. The output is a
 markdown table per section, the targets met or missed, and one line `BENCH_JSON {...}`
@@ -19,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
-import importlib.metadata
 import json
 import os
 import pathlib
@@ -165,42 +167,83 @@ def bench_compile(net: Network, steps, batch_size: int) -> dict[str, float]:
   return out
 
 
-def bench_training(config: ml_collections.ConfigDict, dtype: str, batch_size: int,
+def with_model(config: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
+  """A copy of config with these config.model fields changed (e.g. dtype, remat)."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.model.update(fields)
+  return config
+
+
+class TrainStep:
+  """A config's train step jitted as cfg_jax.train jits it (the state donated: params and
+  EMA params are two buffers), compiled once per batch size, and a fixed random batch."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    model = models.create_model(config)
+    tx, schedule = train.create_optimizer(config)
+    self.init_state = jax.jit(functools.partial(train.create_train_state, config, model, tx))
+    self._step = xla_options.jit(functools.partial(train.train_step, model=model, tx=tx,
+                                                   schedule=schedule, config=config),
+                                 donate_argnums=(0,))
+    self._compiled = {}
+
+  def compiled_batches(self) -> list[int]:
+    return list(self._compiled)
+
+  def batch(self, batch_size: int) -> dict[str, jax.Array]:
+    rng = np.random.default_rng(0)
+    shape = (batch_size,) + config_lib.example_shape(self.config)
+    return {"x": jnp.asarray(rng.uniform(-1, 1, shape), jnp.float32),
+            "label": jnp.asarray(rng.integers(0, self.config.data.num_classes, batch_size),
+                                 jnp.int32)}
+
+  def lower(self, batch_size: int) -> jax.stages.Lowered:
+    """The step lowered for abstract state and batch: nothing is allocated."""
+    return self._step.lower(jax.eval_shape(self.init_state),
+                            jax.eval_shape(lambda: self.batch(batch_size)))
+
+  def compiled(self, batch_size: int) -> jax.stages.Compiled:
+    if batch_size not in self._compiled:
+      self._compiled[batch_size] = self.lower(batch_size).compile()
+    return self._compiled[batch_size]
+
+  def run_once(self, batch_size: int) -> None:
+    """One step on a fresh state, waited for (raises what the device raises)."""
+    jax.block_until_ready(self.compiled(batch_size)(self.init_state(), self.batch(batch_size)))
+
+  def seconds(self, batch_size: int, repeats: int) -> float:
+    """The fastest seconds of a step (see `timed`), the state carried from step to step."""
+    step, batch = self.compiled(batch_size), self.batch(batch_size)
+    state = [self.init_state()]
+
+    def run():
+      state[0], metrics = step(state[0], batch)
+      return metrics["loss"]
+
+    return timed(run, repeats)
+
+
+def bench_training(config: ml_collections.ConfigDict, batch_size: int,
                    repeats: int) -> dict[str, float]:
   """Images/s of the jitted train step (state donated) on a fixed random batch."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  config.model.dtype = dtype
-  model = models.create_model(config)
-  tx, schedule = train.create_optimizer(config)
-  # Jitted as in cfg_jax.train: params and EMA params become two buffers, both donated.
-  state = [jax.jit(functools.partial(train.create_train_state, config, model, tx))()]
-  step = xla_options.jit(functools.partial(train.train_step, model=model, tx=tx,
-                                           schedule=schedule, config=config), donate_argnums=(0,))
-  rng = np.random.default_rng(0)
-  batch = {"x": jnp.asarray(rng.uniform(-1, 1, (batch_size,) + config_lib.example_shape(
-      config)), jnp.float32),
-           "label": jnp.asarray(rng.integers(0, config.data.num_classes, batch_size), jnp.int32)}
-
-  def run():
-    state[0], metrics = step(state[0], batch)
-    return metrics["loss"]
-
-  seconds = timed(run, repeats)
+  seconds = TrainStep(config).seconds(batch_size, repeats)
   return {"seconds_per_step": seconds, "images_per_sec": batch_size / seconds}
 
 
-def matmul_peak(sizes, repeats: int) -> dict[str, float]:
-  """The best float32 FLOP/s of a jitted n x n matmul over the sizes: the machine's peak."""
+def matmul_peak(sizes, repeats: int, dtype: Any = jnp.float32) -> dict[str, float]:
+  """The best FLOP/s of a jitted n x n matmul in `dtype` over the sizes: the machine's peak."""
   out = {}
   matmul = jax.jit(jnp.matmul)
   for n in sizes:
-    a, b = (jax.random.normal(jax.random.PRNGKey(i), (n, n), jnp.float32) for i in range(2))
+    a, b = (jax.random.normal(jax.random.PRNGKey(i), (n, n), dtype) for i in range(2))
     out[str(n)] = 2 * n ** 3 / timed(lambda: matmul(a, b), repeats)
   return {"per_size": out, "peak": max(out.values())}
 
 
-def _flops(compiled) -> float:
-  cost = compiled.cost_analysis()
+def flops(stage: jax.stages.Lowered | jax.stages.Compiled) -> float:
+  """XLA's FLOP count of a lowered (before optimization) or compiled program."""
+  cost = stage.cost_analysis()
   return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
 
 
@@ -214,10 +257,10 @@ def bench_forward_flops(net: Network, batch_size: int, repeats: int, peak: float
   for name, options in (("ours", xla_options.compiler_options()), ("xla_defaults", {})):
     compiled = jax.jit(net.apply_fn, compiler_options=options).lower(
         net.params, z, logsnr, labels).compile()
-    flops = _flops(compiled)
+    count = flops(compiled)
     seconds = timed(lambda: compiled(net.params, z, logsnr, labels), repeats)  # pylint: disable=cell-var-from-loop
-    out[name] = {"flops": flops, "seconds": seconds, "flops_per_sec": flops / seconds,
-                 "percent_of_peak": 100 * flops / seconds / peak}
+    out[name] = {"flops": count, "seconds": seconds, "flops_per_sec": count / seconds,
+                 "percent_of_peak": 100 * count / seconds / peak}
   return out
 
 
@@ -231,35 +274,32 @@ def sampling_memory(net: Network, batch_size: int) -> dict[str, float]:
   return out
 
 
+def peer_spec(config: ml_collections.ConfigDict, sampling_batches, train_batch: int,
+              repeats: int) -> dict[str, Any]:
+  """What `peer_diffusers.measure` times: the UNet of config, the same batches, its dtype."""
+  m, d = config.model, config.data
+  unet = dict(ch=m.ch, ch_mult=list(m.ch_mult), num_res_blocks=m.num_res_blocks,
+              attn_resolutions=list(m.attn_resolutions), num_head_channels=m.num_head_channels,
+              image_size=d.image_size, channels=d.channels, num_classes=d.num_classes,
+              dropout=m.dropout, resblock_updown=m.resblock_updown)
+  return {"unet": unet, "sampling_batches": list(sampling_batches), "train_batch": train_batch,
+          "repeats": repeats, "dtype": m.dtype}
+
+
 def bench_peer(config: ml_collections.ConfigDict, batch_sizes, train_batch: int,
                repeats: int) -> dict[str, Any]:
-  """The same work in diffusers' UNet2DModel on torch (CPU); {"skipped": why} without them."""
-  m, d = config.model, config.data
-  if m.name != "unet":
-    return {"skipped": f"the peer is a UNet; this preset's model is {m.name!r}"}
+  """The same work in diffusers' UNet2DModel on torch (on a CUDA GPU if torch has one, else
+  the CPU); {"skipped": why} without them."""
+  if config.model.name != "unet":
+    return {"skipped": f"the peer is a UNet; this preset's model is {config.model.name!r}"}
   try:
     from bench import peer_diffusers  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     return {"skipped": f"{e} (pip install -e '.[bench]')"}
-  model = peer_diffusers.build_unet(
-      ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
-      attn_resolutions=tuple(m.attn_resolutions), num_head_channels=m.num_head_channels,
-      image_size=d.image_size, channels=d.channels, num_classes=d.num_classes,
-      dropout=m.dropout, resblock_updown=m.resblock_updown)
-  data = dict(image_size=d.image_size, channels=d.channels, num_classes=d.num_classes)
-  out = {"num_params": peer_diffusers.num_params(model), "sampling": {},
-         "versions": {p: importlib.metadata.version(p) for p in ("torch", "diffusers")}}
-  for b in batch_sizes:
-    out["sampling"][str(b)] = {
-        mode: peer_diffusers.sampling_step_seconds(model, b, guided=guided, repeats=repeats,
-                                                   **data)
-        for mode, guided in (("unguided", False), ("guided", True))}
-  seconds = peer_diffusers.train_step_seconds(model, train_batch, repeats=repeats, **data)
-  out["training"] = {"seconds_per_step": seconds, "images_per_sec": train_batch / seconds}
-  return out
+  return peer_diffusers.measure(peer_spec(config, batch_sizes, train_batch, repeats))
 
 
-def _machine() -> dict[str, Any]:
+def machine() -> dict[str, Any]:
   cpu = platform.processor()
   try:
     for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
@@ -270,7 +310,8 @@ def _machine() -> dict[str, Any]:
     pass
   return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
           "jax": jax.__version__, "backend": jax.default_backend(),
-          "devices": jax.device_count(), "xla_options": xla_options.compiler_options(),
+          "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
+          "xla_options": xla_options.compiler_options(),
           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -283,26 +324,27 @@ def run(quick: bool, repeats: int) -> dict[str, Any]:
   first = next(iter(presets))
   nets = {name: Network(config) for name, config in presets.items()}
   big = batch_sizes[-1]
-  results = {"machine": _machine(), "quick": quick, "repeats": repeats, "w": W,
+  results = {"machine": machine(), "quick": quick, "repeats": repeats, "w": W,
              "num_params": {name: net.num_params for name, net in nets.items()}}
-  _progress("sampling per step")
+  progress("sampling per step")
   results["sampling"] = {name: bench_sampling(net, batch_sizes, repeats)
                          for name, net in nets.items()}
   results["guidance_interval"] = bench_guidance_interval(nets[first], big, repeats)
-  _progress("scan vs Python loop, compile time")
+  progress("scan vs Python loop, compile time")
   results["scan_vs_loop"] = bench_scan_vs_loop(nets[first], batch_sizes[:2], repeats)
   results["compile"] = bench_compile(nets[first], COMPILE_STEPS[:2] if quick else COMPILE_STEPS,
                                      batch_size=batch_sizes[1])
-  _progress("training")
-  results["training"] = {dtype: bench_training(presets[first], dtype, big, repeats)
+  progress("training")
+  results["training"] = {dtype: bench_training(with_model(presets[first], dtype=dtype), big,
+                                               repeats)
                          for dtype in ("float32", "bfloat16")}
-  _progress("FLOP/s and memory")
+  progress("FLOP/s and memory")
   peak = matmul_peak((256, 512) if quick else (1024, 2048, 4096), repeats)
   results["matmul"] = peak
   results["forward"] = {name: bench_forward_flops(net, 2 * big, repeats, peak["peak"])
                         for name, net in nets.items()}
   results["memory"] = {name: sampling_memory(net, big) for name, net in nets.items()}
-  _progress("diffusers peer")
+  progress("diffusers peer")
   results["peer"] = bench_peer(presets[first], batch_sizes, big, repeats)
   results["targets"] = targets(results, first)
   return results
@@ -329,7 +371,7 @@ def targets(results: dict[str, Any], preset: str) -> dict[str, dict[str, Any]]:
           for name, value in figures.items()}
 
 
-def _progress(what: str) -> None:
+def progress(what: str) -> None:
   print(f"[bench {time.strftime('%H:%M:%S')}] {what}", flush=True)
 
 
@@ -341,7 +383,8 @@ def report(results: dict[str, Any]) -> str:
   """The markdown tables of the results."""
   m = results["machine"]
   lines = [f"Machine: {m['cpu']}, {m['cores']} cores, jax {m['jax']} ({m['backend']}, "
-           f"{m['devices']} device(s)), Python {m['python']}, {m['date']}; fastest of "
+           f"{m['devices']} device(s): {m['device_kind']}), Python {m['python']}, "
+           f"{m['date']}; fastest of "
            f"{results['repeats']} calls; w = {results['w']:g}; XLA options "
            f"{m['xla_options']}.", ""]
   lines += ["### Sampling, per step", "",
@@ -384,10 +427,12 @@ def report(results: dict[str, Any]) -> str:
     lines.append(f"| {preset} | {r['params'] / 2**20:.1f} MiB | {r['guided'] / 2**20:.1f} MiB "
                  f"| {r['two_pass'] / 2**20:.1f} MiB |")
   peer = results["peer"]
-  lines += ["", "### diffusers UNet2DModel (torch, CPU), same architecture", ""]
   if "skipped" in peer:
-    lines.append(f"Skipped: {peer['skipped']}")
+    lines += ["", "### diffusers UNet2DModel, same architecture", "",
+              f"Skipped: {peer['skipped']}"]
   else:
+    lines += ["", f"### diffusers UNet2DModel (torch, {peer['device_name']}), same "
+              f"architecture", ""]
     first = next(iter(results["sampling"]))
     ours = results["sampling"][first]
     v = peer["versions"]
@@ -410,23 +455,38 @@ def report(results: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="the toy2d MLP and few sizes: checks that the benchmark runs")
+def arg_parser(description: str, quick_help: str) -> argparse.ArgumentParser:
+  """The flags of every bench command: --quick, --repeats, --out."""
+  parser = argparse.ArgumentParser(description=description)
+  parser.add_argument("--quick", action="store_true", help=quick_help)
   parser.add_argument("--repeats", type=int, default=None,
                       help="timed calls per figure (default 5, or 2 with --quick)")
   parser.add_argument("--out", default=None, help="also write the JSON to this file")
-  args = parser.parse_args()
+  return parser
+
+
+def repeats_flag(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
   repeats = args.repeats or (2 if args.quick else 5)
   if repeats < 1:
     parser.error(f"--repeats must be >= 1, got {repeats}.")
-  results = run(args.quick, repeats)
-  print(report(results))
+  return repeats
+
+
+def emit(results: dict[str, Any], text: str, out: str | None) -> None:
+  """Prints the tables and the line `BENCH_JSON {...}`; writes the JSON to `out` too."""
+  print(text)
   line = json.dumps(results)
   print("BENCH_JSON " + line)
-  if args.out:
-    pathlib.Path(args.out).write_text(line + "\n")
+  if out:
+    pathlib.Path(out).write_text(line + "\n")
+
+
+def main() -> None:
+  parser = arg_parser(__doc__.splitlines()[0],
+                      "the toy2d MLP and few sizes: checks that the benchmark runs")
+  args = parser.parse_args()
+  results = run(args.quick, repeats_flag(parser, args))
+  emit(results, report(results), args.out)
 
 
 if __name__ == "__main__":

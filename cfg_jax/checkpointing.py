@@ -48,10 +48,13 @@ class ModelMismatchError(ValueError):
 
 
 SIGNATURE_FIELDS = {
-    "model": None,  # every model field
+    "model": None,  # every model field but those of NOT_IN_SIGNATURE
     "diffusion": ("prediction",),
     "data": ("image_size", "channels", "num_classes"),
 }
+# Fields that change how the parameters are computed with, not what they are: a run may
+# resume with them changed (and checkpoints written before they existed still match).
+NOT_IN_SIGNATURE = ("model.remat",)
 
 
 def signature(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -60,6 +63,8 @@ def signature(config: ml_collections.ConfigDict) -> dict[str, Any]:
   for group, fields in SIGNATURE_FIELDS.items():
     values = config[group].to_dict()
     for name in fields or sorted(values):
+      if f"{group}.{name}" in NOT_IN_SIGNATURE:
+        continue
       value = values[name]
       out[f"{group}.{name}"] = list(value) if isinstance(value, tuple) else value
   if config.data.source == "toy2d":

@@ -54,6 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
   model.resblock_updown = True
   model.skip_rescale = True    # scale residual sums by 1/sqrt(2)
   model.dtype = "float32"      # compute dtype; params stay float32
+  model.remat = False          # recompute blocks in the backward pass: less memory, more compute
   model.mlp_hidden = 256       # mlp only
   model.mlp_depth = 4          # mlp only
 
@@ -150,6 +151,7 @@ RULES = {
     "model.resblock_updown": _BOOL,
     "model.skip_rescale": _BOOL,
     "model.dtype": _one_of("float32", "bfloat16"),
+    "model.remat": _BOOL,
     "model.mlp_hidden": _int_at_least(1),
     "model.mlp_depth": _int_at_least(1),
     "diffusion.logsnr_min": _real_in(-math.inf, math.inf, lo_open=True, hi_open=True),

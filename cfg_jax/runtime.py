@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging as std_logging
 import os
 import sys
+import urllib.request
 from typing import Iterator
 
 from absl import logging
@@ -15,19 +17,53 @@ from cfg_jax import extras
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "cfg_jax", "xla")
 
 
+# TPU chips appear as /dev/accel<n> (TPU v4 and older) or as VFIO groups /dev/vfio/<n> (v5e
+# and newer); the VM's metadata server describes the slice.
+TPU_DEVICE_FILES = ("/dev/accel[0-9]*", "/dev/vfio/[0-9]*")
+GCE_METADATA_URL = "http://metadata.google.internal/computeMetadata/v1/instance/attributes/"
+METADATA_TIMEOUT_S = 5.
+
+
+def cloud_tpu_workers() -> int:
+  """The number of workers (hosts) of the Cloud TPU slice this VM belongs to, else 1.
+
+  Only a host with TPU device files asks its GCE metadata server, once, for the slice's
+  `worker-network-endpoints` (one comma-separated entry per worker). No device file, no
+  metadata server, a timeout or a reply without the `Metadata-Flavor: Google` header
+  all mean one worker.
+  """
+  if not any(glob.glob(pattern) for pattern in TPU_DEVICE_FILES):
+    return 1
+  request = urllib.request.Request(GCE_METADATA_URL + "worker-network-endpoints",
+                                   headers={"Metadata-Flavor": "Google"})
+  no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a local server
+  try:
+    with no_proxy.open(request, timeout=METADATA_TIMEOUT_S) as response:
+      if response.headers.get("Metadata-Flavor") != "Google":
+        return 1
+      endpoints = response.read().decode()
+  except (OSError, ValueError) as e:  # URLError, HTTPError and timeouts are OSErrors
+    logging.info("No Cloud TPU metadata (%s): one host.", e)
+    return 1
+  return max(len([entry for entry in endpoints.split(",") if entry.strip()]), 1)
+
+
 def maybe_initialize_distributed() -> None:
   """Calls jax.distributed.initialize() when this process is one of several hosts.
 
   Several hosts: SLURM with more than one task, a TPU pod slice on GKE
-  (TPU_WORKER_HOSTNAMES lists more than one worker), CFG_JAX_DISTRIBUTED=1 (set by
-  launch/tpu_vm.py: gcloud TPU VMs describe the slice in their metadata, not in the
-  environment), or an explicit JAX_COORDINATOR_ADDRESS. jax reads the rest of the
-  cluster description from the same environment or metadata; where nothing provides it
-  (a hand-made cluster, the loopback test), JAX_NUM_PROCESSES and JAX_PROCESS_ID do.
+  (TPU_WORKER_HOSTNAMES lists more than one worker), CFG_JAX_DISTRIBUTED=1, an explicit
+  JAX_COORDINATOR_ADDRESS, or else a Cloud TPU VM whose slice has several workers
+  (`cloud_tpu_workers`, so that the same command works on every worker of a pod slice
+  with nothing set). jax reads the rest of the cluster description from the same
+  environment or metadata; where nothing provides it (a hand-made cluster, the loopback
+  test), JAX_NUM_PROCESSES and JAX_PROCESS_ID do. Once initialized, jax's preemption
+  sync point makes every host save the same step on SIGTERM (cfg_jax.train).
   """
   env = os.environ
   if ("JAX_COORDINATOR_ADDRESS" in env or int(env.get("SLURM_NTASKS", "1")) > 1
-      or "," in env.get("TPU_WORKER_HOSTNAMES", "") or env.get("CFG_JAX_DISTRIBUTED") == "1"):
+      or "," in env.get("TPU_WORKER_HOSTNAMES", "") or env.get("CFG_JAX_DISTRIBUTED") == "1"
+      or cloud_tpu_workers() > 1):
     count, index = env.get("JAX_NUM_PROCESSES"), env.get("JAX_PROCESS_ID")
     jax.distributed.initialize(num_processes=None if count is None else int(count),
                                process_id=None if index is None else int(index))

@@ -1,4 +1,5 @@
 """Tests of the training loop: Algorithm 1, checkpoints and resume, devices, config errors."""
+import functools
 import logging
 import os
 import re
@@ -154,6 +155,19 @@ def test_when_no_checkpoint_restores_training_stops_naming_each_and_changes_noth
   assert files_under(tmp_path) == before
 
 
+def test_a_run_resumes_with_remat_switched_on(tmp_path):
+  train.train_and_evaluate(toy_config(num_steps=8), str(tmp_path / "straight"))
+  train.train_and_evaluate(toy_config(num_steps=4), str(tmp_path / "resumed"))
+  config = toy_config(num_steps=8)
+  config.model.remat = True  # not part of the checkpoint's signature: same parameters
+  train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  _, _, straight = final_state(tmp_path / "straight")
+  step, _, resumed = final_state(tmp_path / "resumed")
+  assert step == 8
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               resumed, straight)
+
+
 def test_p_uncond_replaces_labels_with_null():
   config = toy_config()
   seen = {}
@@ -169,6 +183,55 @@ def test_p_uncond_replaces_labels_with_null():
     train.diffusion_loss(None, Spy(), batch, jax.random.PRNGKey(0), config)
     null_rate = float(np.mean(np.asarray(seen["labels"]) == config.data.num_classes))
     np.testing.assert_allclose(null_rate, p_uncond, atol=0.01)
+
+
+def _mnist_like(name, dtype):
+  """configs/<name>.py at 16x16 with two levels (to compile in seconds) and compute dtype
+  `dtype`, every parameter perturbed (no layer at zero), a fixed random batch of 16."""
+  config = config_lib.load_config_file(ROOT / "configs" / f"{name}.py")
+  config.data.image_size = 16
+  config.model.update(ch_mult=(1, 2), attn_resolutions=(8,), dtype=dtype)
+  model = models.create_model(config)
+  params = models.init_params(model, jax.random.PRNGKey(0), config)
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda p: p + 0.1 * rng.standard_normal(p.shape, np.float32), params)
+  batch = {"x": rng.uniform(-1, 1, (16,) + config_lib.example_shape(config)).astype(np.float32),
+           "label": rng.integers(0, config.data.num_classes, 16).astype(np.int32)}
+  return config, model, params, batch
+
+
+@pytest.mark.parametrize("name,loss_fn", [("mnist", train.diffusion_loss),
+                                          ("mnist_classifier", train.classifier_loss)])
+def test_bfloat16_loss_and_gradients_agree_with_float32(name, loss_fn):
+  """bfloat16 keeps 8 significant bits (2^-9 ~ 2e-3 relative rounding per operation). Over
+  8 seeds of parameters and batch the losses differed by at most 1.2e-3 relative and the
+  gradients' cosine similarity was at least 0.999: the bounds 1e-2 and 0.99 leave a margin
+  of about 8x and 10x."""
+  results = {}
+  for dtype in ("float32", "bfloat16"):
+    config, model, params, batch = _mnist_like(name, dtype)
+    value_and_grad = jax.jit(jax.value_and_grad(
+        lambda p: loss_fn(p, model, batch, jax.random.PRNGKey(1), config)[0]))
+    results[dtype] = value_and_grad(params)
+  (loss32, grads32), (loss16, grads16) = results["float32"], results["bfloat16"]
+  assert loss16.dtype == np.float32
+  np.testing.assert_allclose(loss16, loss32, rtol=1e-2)
+  flat = lambda tree: np.concatenate([np.ravel(g) for g in jax.tree.leaves(tree)])
+  g32, g16 = flat(grads32), flat(grads16)
+  assert g32 @ g16 / np.linalg.norm(g32) / np.linalg.norm(g16) > 0.99
+
+
+def test_a_bfloat16_step_keeps_parameters_gradients_and_optimizer_state_in_float32():
+  config, model, _, batch = _mnist_like("mnist", "bfloat16")
+  tx, schedule = train.create_optimizer(config)
+  state = jax.eval_shape(lambda: train.create_train_state(config, model, tx))
+  step = functools.partial(train.train_step, model=model, tx=tx, schedule=schedule, config=config)
+  new_state, metrics = jax.eval_shape(step, state, batch)
+  grads = jax.eval_shape(jax.grad(lambda p: train.diffusion_loss(
+      p, model, batch, jax.random.PRNGKey(1), config)[0]), state.params)
+  floats = lambda tree: {x.dtype for x in jax.tree.leaves(tree) if x.dtype.kind == "f"}
+  for tree in (new_state.params, new_state.ema_params, new_state.opt_state, grads, metrics):
+    assert floats(tree) == {np.dtype(np.float32)}
 
 
 def _nan_loss(params, model, batch, rng, config, _loss=train.diffusion_loss):

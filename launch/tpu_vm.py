@@ -12,9 +12,14 @@ r"""Trains cfg_jax on a Cloud TPU VM or pod slice: create, install, train, logs,
 Every step is a `gcloud` (or `tar`) command; `--dry_run` prints them instead of running
 them. A pod slice has several workers (hosts): `install` and `train` run on all of them
 (`--worker=all`), each worker runs one training process, and the processes find each
-other through jax.distributed (CFG_JAX_DISTRIBUTED=1, see cfg_jax/runtime.py). Training
-runs detached, appending to ~/cfg_jax_train.log on each worker, so the laptop may
-disconnect; `logs` follows worker 0's log until training ends.
+other through jax.distributed (cfg_jax/runtime.py reads the slice from the TPU VM's
+metadata). Training runs detached, appending to ~/cfg_jax_train.log on each worker, so
+the laptop may disconnect; `logs` follows worker 0's log until training ends.
+
+The runtime images' system Python is older than cfg_jax and jax need (3.10 on
+tpu-ubuntu2204-base), so `install` creates a virtual environment of Python `--python`
+(default 3.12, at least 3.11) with uv, which downloads a standalone CPython, and
+`train` runs that environment's Python.
 
 Only the standard library is used, so this runs wherever gcloud does.
 """
@@ -31,6 +36,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 TARBALL = pathlib.Path(tempfile.gettempdir()) / "cfg_jax-src.tar.gz"
 REMOTE_TARBALL = "cfg_jax-src.tar.gz"  # relative: in the home folder of every worker
 REMOTE_REPO = "~/cfg_jax"
+REMOTE_ENV = "~/cfg_jax_env"  # the Python environment that `install` creates on every worker
+UV = "uv==0.13.9"  # installed with the system pip (--user: ~/.local/bin/uv)
+MIN_PYTHON = (3, 11)
 LOG, PID, EXIT = "~/cfg_jax_train.log", "~/cfg_jax_train.pid", "~/cfg_jax_train.exit"
 TAR_EXCLUDES = (".git", "runs", "__pycache__", "*.egg-info", ".pytest_cache", ".hypothesis")
 
@@ -52,16 +60,19 @@ def create_commands(args: argparse.Namespace) -> list[list[str]]:
 
 
 def install_commands(args: argparse.Namespace) -> list[list[str]]:
-  """Packs this checkout (configs included), copies it to every worker, pip-installs it.
+  """Packs this checkout (configs included), copies it to every worker and installs it
+  there into a new Python `--python` environment made by uv.
 
   google-cloud-storage is what orbax needs to checkpoint to a gs:// workdir.
   """
   excludes = [f"--exclude={pattern}" for pattern in TAR_EXCLUDES]
+  uv = "~/.local/bin/uv"
   unpack_and_install = (
       f"rm -rf {REMOTE_REPO} && mkdir -p {REMOTE_REPO} && "
       f"tar -xzf ~/{REMOTE_TARBALL} -C {REMOTE_REPO} && "
-      f"python3 -m pip install --quiet --upgrade pip && "
-      f"python3 -m pip install --quiet -e {REMOTE_REPO} "
+      f"python3 -m pip install --quiet --user {UV} && "
+      f"{uv} venv --quiet --clear --python {args.python} {REMOTE_ENV} && "
+      f"{uv} pip install --quiet --python {REMOTE_ENV}/bin/python -e {REMOTE_REPO} "
       f"{shlex.quote(args.jax)} google-cloud-storage")
   return [["tar", "-czf", str(TARBALL), *excludes, "-C", str(REPO), "."],
           gcloud(args, "scp", str(TARBALL), f"{args.name}:{REMOTE_TARBALL}", "--worker=all"),
@@ -69,12 +80,17 @@ def install_commands(args: argparse.Namespace) -> list[list[str]]:
 
 
 def train_command(args: argparse.Namespace) -> list[str]:
-  """Starts the same training command on every worker, detached from the ssh session."""
-  train = shlex.join(["python3", "-m", "cfg_jax.train", f"--config={args.config}",
-                      f"--workdir={args.workdir}", *args.overrides])
+  """Starts the same training command on every worker, detached from the ssh session.
+
+  It runs the Python of `install`'s environment; on a pod slice each process finds the
+  others in the TPU VM's metadata (cfg_jax/runtime.py), so no variable is set.
+  """
+  train = f"{REMOTE_ENV}/bin/python " + shlex.join(
+      ["-m", "cfg_jax.train", f"--config={args.config}", f"--workdir={args.workdir}",
+       *args.overrides])
   run_and_record_exit = shlex.quote(f"{train}; echo $? > {EXIT}")
   return ssh(args, "all",
-             f"cd {REMOTE_REPO} && rm -f {EXIT} && CFG_JAX_DISTRIBUTED=1 setsid nohup "
+             f"cd {REMOTE_REPO} && rm -f {EXIT} && setsid nohup "
              f"bash -c {run_and_record_exit} >> {LOG} 2>&1 < /dev/null & echo $! > {PID}")
 
 
@@ -115,6 +131,19 @@ def run(args: argparse.Namespace) -> int:
   return 0 if exit_code == "0" else 1
 
 
+def check_python(value: str) -> None:
+  """Raises ValueError unless --python is a version such as 3.12 or 3.12.7, >= MIN_PYTHON."""
+  try:
+    version = tuple(int(part) for part in value.split("."))
+  except ValueError:
+    version = ()
+  if not 2 <= len(version) <= 3:
+    raise ValueError(f"--python={value} is not a Python version such as 3.12.")
+  if version < MIN_PYTHON:
+    raise ValueError(f"--python={value} is too old: cfg_jax and jax need Python >= "
+                     f"{'.'.join(map(str, MIN_PYTHON))}.")
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
   common = argparse.ArgumentParser(add_help=False)
   common.add_argument("--name", required=True, help="TPU VM name.")
@@ -132,6 +161,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
   def add_install_flags(p):
     p.add_argument("--jax", default="jax[tpu]>=0.10.2", help="The pip requirement for jax.")
+    p.add_argument("--python", default="3.12",
+                   help="Python version of the workers' environment (>= 3.11).")
 
   def add_train_flags(p):
     p.add_argument("--config", required=True, help="e.g. configs/mnist.py (in this checkout).")
@@ -156,6 +187,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
   args = parse_args(argv)
+  if "python" in args:
+    check_python(args.python)
   if args.step == "run":
     return run(args)
   commands = {"create": create_commands, "install": install_commands,
@@ -169,6 +202,9 @@ def main(argv: list[str]) -> int:
 def _main_or_error(argv: list[str]) -> int:
   try:
     return main(argv)
+  except ValueError as e:  # a bad flag value, found before anything runs
+    print(f"tpu_vm.py: error: {e}", file=sys.stderr)
+    return 2
   except subprocess.CalledProcessError as e:  # gcloud has printed why
     print(f"tpu_vm.py: {shlex.join(e.cmd)} failed with exit code {e.returncode}; nothing "
           f"was deleted.", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Fixtures of the models tests: the presets in configs/, tiny configs, random params."""
+"""Fixtures of the models tests: the presets in configs/, tiny configs, random params, jaxprs."""
 import pathlib
 
 import jax
@@ -43,6 +43,17 @@ def _random_like(shapes, seed=0):
   return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
+def _equations(jaxpr):
+  """Every equation of a jaxpr and of the jaxprs inside it (jit, remat, custom derivatives)."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        sub = getattr(sub, "jaxpr", sub)
+        if hasattr(sub, "eqns"):
+          yield from _equations(sub)
+
+
 @pytest.fixture(scope="session")
 def load_preset():
   return _load_preset
@@ -56,3 +67,8 @@ def tiny_config():
 @pytest.fixture(scope="session")
 def random_like():
   return _random_like
+
+
+@pytest.fixture(scope="session")
+def equations():
+  return _equations

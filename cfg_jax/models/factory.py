@@ -1,6 +1,6 @@
 """Builds the networks from a config and exposes them in the forms the rest of the code uses.
 
-`create_model(config)` reads config.model (architecture, compute dtype) and
+`create_model(config)` reads config.model (architecture, compute dtype, remat) and
 config.data.num_classes; the shape of z is `config_lib.example_shape(config)`.
 `make_apply_fn(model)` is the sampler's contract `apply_fn(params, z, logsnr, labels) -> ε`.
 `param_shapes` and `num_params` go through `jax.eval_shape`, so they cost no memory for
@@ -38,12 +38,13 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
   num_classes = config.data.num_classes
   if m.name == "mlp":
     return MLP(num_classes, hidden=m.mlp_hidden, depth=m.mlp_depth, dropout=m.dropout,
-               dtype=dtype)
+               dtype=dtype, remat=m.remat)
   cls = UNet if m.name == "unet" else Classifier
   return cls(num_classes, ch=m.ch, num_res_blocks=m.num_res_blocks, ch_mult=tuple(m.ch_mult),
              attn_resolutions=tuple(m.attn_resolutions), num_heads=m.num_heads,
              num_head_channels=m.num_head_channels, dropout=m.dropout,
-             resblock_updown=m.resblock_updown, skip_rescale=m.skip_rescale, dtype=dtype)
+             resblock_updown=m.resblock_updown, skip_rescale=m.skip_rescale, dtype=dtype,
+             remat=m.remat)
 
 
 def dummy_inputs(model: nn.Module, config: ml_collections.ConfigDict, *,

@@ -5,7 +5,10 @@ t = `schedules.logsnr_to_time(λ)` = arctan(e^{-λ/2}) / (π/2) ∈ (0, 1), scal
 that its sinusoidal embedding spans the frequencies ADM's integer timesteps did, then a
 two-layer SiLU MLP. t is uniform under the training p(λ) and stays finite for any λ.
 
-`dtype` is the compute dtype; parameters are float32 whatever it is.
+`dtype` is the compute dtype; parameters are float32 whatever it is. In bfloat16 the
+convolutions, dense layers and attention matmuls take bfloat16 inputs, while GroupNorm
+statistics, the attention logits and softmax, the embedding and the networks' heads are
+float32.
 """
 from __future__ import annotations
 
@@ -61,6 +64,18 @@ class GroupNorm(nn.Module):
     inv = jax.lax.rsqrt(jnp.maximum(mean_sq - jnp.square(mean), 0.) + NORM_EPS) * scale
     y = xf * inv[:, None] + (bias - mean * inv)[:, None]
     return y.reshape(x.shape).astype(self.dtype)
+
+
+def maybe_remat(module_class: type[nn.Module], remat: bool, *,
+                static_argnums: tuple[int, ...] = ()) -> type[nn.Module]:
+  """module_class, or with `remat` its `nn.remat`: the same parameters and outputs, but
+  its activations are recomputed in the backward pass instead of being kept from the
+  forward, for less memory at the cost of a second forward.
+
+  static_argnums count `self` as 0; such arguments (a `train` flag) must be passed
+  positionally.
+  """
+  return nn.remat(module_class, static_argnums=static_argnums) if remat else module_class
 
 
 def sinusoidal_embedding(t: Array, dim: int, *, max_period: float = 10_000.) -> Array:
@@ -138,7 +153,8 @@ class ResBlock(nn.Module):
   """ADM's residual block with AdaGN, optionally BigGAN-style resampling.
 
   h = conv(SiLU(GN(x))); h = GN(h)·(1 + scale) + shift; out = skip(x) + conv(drop(SiLU(h)))
-  with the last convolution zero-initialized.
+  with the last convolution zero-initialized. `train` (dropout on) may be positional, so
+  that `maybe_remat(ResBlock, True, static_argnums=(3,))` can treat it as static.
   With `resample` "down" or "up", both branches are average-pooled or nearest-upsampled
   after the first GroupNorm and SiLU, so the block itself changes the resolution.
   """
@@ -149,7 +165,7 @@ class ResBlock(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, emb: Array, *, train: bool) -> Array:
+  def __call__(self, x: Array, emb: Array, train: bool) -> Array:
     h = nn.silu(group_norm(x, dtype=self.dtype, name="norm_0"))
     if self.resample is not None:
       resample = {"down": downsample, "up": upsample}[self.resample]

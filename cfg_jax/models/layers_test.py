@@ -47,6 +47,19 @@ def test_group_norm_is_adm_groupnorm32_from_128_channels(channels, groups):
   np.testing.assert_allclose(got, ref.reshape(x.shape), atol=1e-4)
 
 
+def test_group_norm_computes_in_float32_for_bfloat16(equations):
+  """Its only bfloat16 values are the input and the output: statistics, normalization,
+  scale and bias are float32."""
+  module = layers.GroupNorm(8, dtype=jnp.bfloat16)
+  x = jnp.zeros((2, 8, 8, 32), jnp.bfloat16)
+  params = jax.eval_shape(module.init, jax.random.key(0), x)
+  jaxpr = jax.make_jaxpr(module.apply)(params, x).jaxpr
+  bf16 = jnp.dtype(jnp.bfloat16)
+  touches_bf16 = [e.primitive.name for e in equations(jaxpr)
+                  if bf16 in {v.aval.dtype for v in (*e.invars, *e.outvars)}]
+  assert touches_bf16 == ["convert_element_type"] * 2
+
+
 @pytest.mark.parametrize("resample,resample_fn", [(None, lambda a: a), ("down", layers.downsample),
                                                   ("up", layers.upsample)])
 def test_res_block_shapes_and_zero_init(resample, resample_fn):

@@ -3,7 +3,8 @@
 The same conditioning as the UNet (`layers.LogSNREmbedding` of λ plus a class embedding
 with the null label ∅ as row `num_classes`), fed to each block by scale-shift after a
 LayerNorm. Each block's last layer and the output layer are zero-initialized.
-Parameters and output are float32; the blocks compute in `dtype`.
+Parameters and output are float32; the blocks compute in `dtype` (LayerNorm statistics in
+float32); with `remat` each block recomputes its activations in the backward pass.
 """
 from __future__ import annotations
 
@@ -20,13 +21,14 @@ Array = jax.Array
 class MLPBlock(nn.Module):
   """h + Dense(drop(SiLU(LN(r)·(1 + scale) + shift))), r = Dense(SiLU(LN(h))), AdaGN-like.
 
-  (scale, shift) come from the embedding; the last Dense starts at zero.
+  (scale, shift) come from the embedding; the last Dense starts at zero. `train` may be
+  positional, to be static under `nn.remat`.
   """
   dropout: float = 0.
   dtype: layers.Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, h: Array, emb: Array, *, train: bool) -> Array:
+  def __call__(self, h: Array, emb: Array, train: bool) -> Array:
     width = h.shape[-1]
     r = nn.silu(nn.LayerNorm(dtype=self.dtype, name="norm_0")(h))
     r = nn.LayerNorm(dtype=self.dtype, name="norm_1")(
@@ -46,12 +48,14 @@ class MLP(nn.Module):
     depth: number of residual blocks.
     dropout: in every block, active only when train=True.
     dtype: compute dtype of the blocks.
+    remat: recompute each block's activations in the backward pass (`nn.remat`).
   """
   num_classes: int
   hidden: int = 256
   depth: int = 4
   dropout: float = 0.
   dtype: layers.Dtype = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, z: Array, logsnr: Array, labels: Array, *, train: bool) -> Array:
@@ -62,7 +66,8 @@ class MLP(nn.Module):
     emb = layers.embed_condition(logsnr, labels, ch=self.hidden, emb_dim=self.hidden,
                                  num_classes=self.num_classes)
     h = nn.Dense(self.hidden, dtype=self.dtype, name="dense_in")(z.astype(self.dtype))
+    block = layers.maybe_remat(MLPBlock, self.remat, static_argnums=(3,))
     for i in range(self.depth):
-      h = MLPBlock(self.dropout, dtype=self.dtype, name=f"block_{i}")(h, emb, train=train)
+      h = block(self.dropout, dtype=self.dtype, name=f"block_{i}")(h, emb, train)
     h = nn.silu(nn.LayerNorm(name="out_norm")(h.astype(jnp.float32)))
     return nn.Dense(z.shape[-1], kernel_init=nn.initializers.zeros, name="dense_out")(h)

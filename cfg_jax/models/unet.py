@@ -6,7 +6,8 @@ the conditional and the unconditional model. Residual blocks take it through Ada
 
 Mixed precision: the torso (input conv, residual and attention blocks) computes in
 `dtype`; the λ/class embedding and the output head compute in float32, as ADM keeps them
-in float32 under fp16. Parameters and the output are float32.
+in float32 under fp16. Parameters and the output are float32. With `remat` every residual
+and attention block recomputes its activations in the backward pass (same parameters).
 
 Unlike ADM there is no learned-variance head: the output has z's channels, not twice
 as many (Ho & Salimans interpolate the variance with the constant v instead).
@@ -40,6 +41,8 @@ class ADMBase(nn.Module):
     resblock_updown: BigGAN-style residual blocks to resample (else strided / nearest conv).
     skip_rescale: divide every residual sum by sqrt(2) (ADM does not).
     dtype: compute dtype of the torso.
+    remat: recompute each residual and attention block in the backward pass (`nn.remat`):
+      less activation memory for about one more forward pass of compute.
   """
   num_classes: int
   ch: int = 128
@@ -52,6 +55,7 @@ class ADMBase(nn.Module):
   resblock_updown: bool = True
   skip_rescale: bool = False
   dtype: layers.Dtype = jnp.float32
+  remat: bool = False
 
   @property
   def emb_dim(self) -> int:
@@ -65,15 +69,16 @@ class ADMBase(nn.Module):
       raise ValueError(f"image size {z.shape[1:3]} must be divisible by {factor} for "
                        f"ch_mult={tuple(self.ch_mult)}.")
 
-  def _res_block(self, out_ch: int, name: str, resample: str | None = None
-                 ) -> layers.ResBlock:
-    return layers.ResBlock(out_ch, dropout=self.dropout, resample=resample,
-                           skip_rescale=self.skip_rescale, dtype=self.dtype, name=name)
+  def _res_block(self, out_ch: int, name: str, resample: str | None = None) -> nn.Module:
+    """A ResBlock, called as block(h, emb, train) (train positional: static under remat)."""
+    block = layers.maybe_remat(layers.ResBlock, self.remat, static_argnums=(3,))
+    return block(out_ch, dropout=self.dropout, resample=resample,
+                 skip_rescale=self.skip_rescale, dtype=self.dtype, name=name)
 
-  def _attention(self, name: str) -> layers.AttentionBlock:
-    return layers.AttentionBlock(num_heads=self.num_heads,
-                                 num_head_channels=self.num_head_channels,
-                                 skip_rescale=self.skip_rescale, dtype=self.dtype, name=name)
+  def _attention(self, name: str) -> nn.Module:
+    block = layers.maybe_remat(layers.AttentionBlock, self.remat)
+    return block(num_heads=self.num_heads, num_head_channels=self.num_head_channels,
+                 skip_rescale=self.skip_rescale, dtype=self.dtype, name=name)
 
   def _maybe_attention(self, h: Array, name: str) -> Array:
     return self._attention(name)(h) if h.shape[1] in self.attn_resolutions else h
@@ -85,19 +90,19 @@ class ADMBase(nn.Module):
     hs = [h]
     for level, mult in enumerate(self.ch_mult):
       for i in range(self.num_res_blocks):
-        h = self._res_block(mult * self.ch, f"down_{level}_res_{i}")(h, emb, train=train)
+        h = self._res_block(mult * self.ch, f"down_{level}_res_{i}")(h, emb, train)
         h = self._maybe_attention(h, f"down_{level}_attn_{i}")
         hs.append(h)
       if level != len(self.ch_mult) - 1:
         name = f"down_{level}_downsample"
         if self.resblock_updown:
-          h = self._res_block(h.shape[-1], name, "down")(h, emb, train=train)
+          h = self._res_block(h.shape[-1], name, "down")(h, emb, train)
         else:
           h = layers.conv3x3(h.shape[-1], strides=2, dtype=self.dtype, name=name)(h)
         hs.append(h)
-    h = self._res_block(h.shape[-1], "mid_res_0")(h, emb, train=train)
+    h = self._res_block(h.shape[-1], "mid_res_0")(h, emb, train)
     h = self._attention("mid_attn")(h)
-    h = self._res_block(h.shape[-1], "mid_res_1")(h, emb, train=train)
+    h = self._res_block(h.shape[-1], "mid_res_1")(h, emb, train)
     return h, hs
 
   def _out_norm(self, h: Array) -> Array:
@@ -123,12 +128,12 @@ class UNet(ADMBase):
     for level, mult in reversed(list(enumerate(self.ch_mult))):
       for i in range(self.num_res_blocks + 1):
         h = jnp.concatenate([h, hs.pop()], axis=-1)
-        h = self._res_block(mult * self.ch, f"up_{level}_res_{i}")(h, emb, train=train)
+        h = self._res_block(mult * self.ch, f"up_{level}_res_{i}")(h, emb, train)
         h = self._maybe_attention(h, f"up_{level}_attn_{i}")
       if level:
         name = f"up_{level}_upsample"
         if self.resblock_updown:
-          h = self._res_block(h.shape[-1], name, "up")(h, emb, train=train)
+          h = self._res_block(h.shape[-1], name, "up")(h, emb, train)
         else:
           h = layers.conv3x3(h.shape[-1], dtype=self.dtype, name=name)(layers.upsample(h))
     return layers.conv3x3(z.shape[-1], dtype=jnp.float32, zero_init=True, name="out_conv")(

@@ -2,6 +2,7 @@
 import functools
 
 import chex
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -83,6 +84,38 @@ def test_bfloat16_compute_is_close_to_float32(setup):
   assert rel < 0.03, rel
   shapes = jax.eval_shape(lambda: bf16.init(jax.random.key(0), *inputs, train=False))
   assert {x.dtype for x in jax.tree.leaves(shapes)} == {jnp.dtype(jnp.float32)}
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_bfloat16_torso_with_float32_softmax_norm_statistics_embedding_and_head(
+    setup, remat, equations):
+  _, model, params, inputs = setup
+  bf16 = model.clone(dtype=jnp.bfloat16, remat=remat)
+  apply = lambda p: bf16.apply({"params": p}, *inputs, train=False, capture_intermediates=True,
+                               mutable=["intermediates"])
+  # Every module's output: the blocks, their convolutions, dense layers and norms in
+  # bfloat16; the λ/class embedding and the head in float32.
+  _, state = jax.eval_shape(apply, params)
+  outputs = {path[:-1]: value[0].dtype for path, value in
+             flax.traverse_util.flatten_dict(state["intermediates"]).items()}
+  torso = {path: dtype for path, dtype in outputs.items()
+           if path and path[0].startswith(("conv_in", "down_", "mid_", "up_"))}
+  assert len(torso) > 50 and set(torso.values()) == {jnp.dtype(jnp.bfloat16)}
+  for path in [(), ("logsnr_emb",), ("label_emb",), ("out_norm",), ("out_conv",)]:
+    assert outputs[path] == jnp.float32, path
+  # Inside them: bfloat16 convolutions but the head's; float32 GroupNorm statistics (one
+  # rsqrt per GroupNorm) and softmax; bfloat16 attention matmuls with float32 logits.
+  eqns = list(equations(jax.make_jaxpr(apply)(params).jaxpr))
+  by_name = lambda name: [e for e in eqns if e.primitive.name == name]
+  in_dtype = lambda e: e.invars[0].aval.dtype
+  convs = [in_dtype(e) for e in by_name("conv_general_dilated")]
+  assert convs.count(jnp.float32) == 1 and convs.count(jnp.bfloat16) == len(convs) - 1
+  norms = [path for path in outputs if path and path[-1].startswith(("norm", "out_norm"))]
+  assert [in_dtype(e) for e in by_name("rsqrt")] == [jnp.float32] * len(norms)
+  softmax = [e for e in by_name("exp") if e.invars[0].aval.ndim >= 4]
+  assert softmax and {in_dtype(e) for e in by_name("exp")} == {jnp.dtype(jnp.float32)}
+  assert any(in_dtype(e) == jnp.bfloat16 and e.outvars[0].aval.dtype == jnp.float32
+             for e in by_name("dot_general"))
 
 
 def test_conv_resampling_and_skip_rescale(setup):
