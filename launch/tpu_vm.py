@@ -63,7 +63,7 @@ def install_commands(args: argparse.Namespace) -> list[list[str]]:
   """Packs this checkout (configs included), copies it to every worker and installs it
   there into a new Python `--python` environment made by uv.
 
-  google-cloud-storage is what orbax needs to checkpoint to a gs:// workdir.
+  The `gcs` extra (gcsfs, google-cloud-storage) is what a gs:// workdir needs.
   """
   excludes = [f"--exclude={pattern}" for pattern in TAR_EXCLUDES]
   uv = "~/.local/bin/uv"
@@ -72,8 +72,8 @@ def install_commands(args: argparse.Namespace) -> list[list[str]]:
       f"tar -xzf ~/{REMOTE_TARBALL} -C {REMOTE_REPO} && "
       f"python3 -m pip install --quiet --user {UV} && "
       f"{uv} venv --quiet --clear --python {args.python} {REMOTE_ENV} && "
-      f"{uv} pip install --quiet --python {REMOTE_ENV}/bin/python -e {REMOTE_REPO} "
-      f"{shlex.quote(args.jax)} google-cloud-storage")
+      f"{uv} pip install --quiet --python {REMOTE_ENV}/bin/python -e {REMOTE_REPO}'[gcs]' "
+      f"{shlex.quote(args.jax)}")
   return [["tar", "-czf", str(TARBALL), *excludes, "-C", str(REPO), "."],
           gcloud(args, "scp", str(TARBALL), f"{args.name}:{REMOTE_TARBALL}", "--worker=all"),
           ssh(args, "all", unpack_and_install)]

@@ -89,8 +89,8 @@ def test_install_makes_a_python_environment_of_that_version_on_each_worker(
   assert _calls(bin_dir, "python3") == ["-m pip install --quiet --user uv==0.13.9"]
   assert _calls(bin_dir, "uv") == [
       f"venv --quiet --clear --python {python} {home}/cfg_jax_env",
-      f"pip install --quiet --python {home}/cfg_jax_env/bin/python -e {home}/cfg_jax "
-      f"jax[tpu]>=0.10.2 google-cloud-storage"]
+      f"pip install --quiet --python {home}/cfg_jax_env/bin/python -e {home}/cfg_jax[gcs] "
+      f"jax[tpu]>=0.10.2"]
   assert (home / "cfg_jax" / "setup.cfg").read_text() == (ROOT / "setup.cfg").read_text()
 
 
