@@ -11,6 +11,14 @@ import math
 from etils import epath
 import ml_collections
 
+from cfg_jax import diffusion
+from cfg_jax import sampling
+from cfg_jax import schedules
+
+# The networks (built by models.factory) and the compute dtypes a config may name.
+MODEL_NAMES = ("unet", "mlp", "classifier")
+DTYPE_NAMES = ("float32", "bfloat16")
+
 
 def load_config_file(path: epath.PathLike, *, flag: str = "--config"
                      ) -> ml_collections.ConfigDict:
@@ -139,7 +147,7 @@ RULES = {
     "data.toy2d_num_examples": _int_at_least(1),
     "data.toy2d_radius": _POSITIVE,
     "data.toy2d_std": _POSITIVE,
-    "model.name": _one_of("unet", "mlp", "classifier"),
+    "model.name": _one_of(*MODEL_NAMES),
     "model.ch": _int_at_least(1),
     "model.num_res_blocks": _int_at_least(1),
     "model.ch_mult": _ints_tuple(allow_empty=False),
@@ -150,13 +158,13 @@ RULES = {
     "model.dropout": _real_in(0, 1, hi_open=True),
     "model.resblock_updown": _BOOL,
     "model.skip_rescale": _BOOL,
-    "model.dtype": _one_of("float32", "bfloat16"),
+    "model.dtype": _one_of(*DTYPE_NAMES),
     "model.remat": _BOOL,
     "model.mlp_hidden": _int_at_least(1),
     "model.mlp_depth": _int_at_least(1),
     "diffusion.logsnr_min": _real_in(-math.inf, math.inf, lo_open=True, hi_open=True),
     "diffusion.logsnr_max": _real_in(-math.inf, math.inf, lo_open=True, hi_open=True),
-    "diffusion.prediction": _one_of("eps", "x", "v"),
+    "diffusion.prediction": _one_of(*diffusion.PREDICTIONS),
     "training.num_steps": _int_at_least(1),
     "training.batch_size": _int_at_least(1),
     "training.p_uncond": _real_in(0, 1),
@@ -177,7 +185,7 @@ RULES = {
     "sampling.num_steps": _int_at_least(1),
     "sampling.w": ((lambda x: isinstance(x, (tuple, list)) and len(x) > 0
                     and all(_is_real(v) for v in x)), "a non-empty tuple of finite numbers"),
-    "sampling.sampler": _one_of("stochastic", "ddim"),
+    "sampling.sampler": _one_of(*sampling.SAMPLERS),
     "sampling.clip_x": _BOOL,
     "sampling.num_per_class": _int_at_least(1),
     "sampling.grid_classes": _int_at_least(1),
@@ -212,11 +220,12 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None
     raise ValueError(f"Missing config field(s) {['config.' + k for k in missing]}; start presets "
                      f"from cfg_jax.config_lib.base_config().")
   for name in RULES:
-    _check_field(name, fields[name])
+    check_field(name, fields[name])
   _validate_relations(config, num_devices)
 
 
-def _check_field(name: str, value) -> None:
+def check_field(name: str, value) -> None:
+  """ValueError naming config.<name> and what RULES allows, unless `value` passes."""
   check, allowed = RULES[name]
   if not check(value):
     raise ValueError(f"config.{name}={value!r} is invalid: it must be {allowed}.")
@@ -230,16 +239,15 @@ def example_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:
   data = config.data
   if data.source == "toy2d":
     return (2,)
-  _check_field("data.image_size", data.image_size)
-  _check_field("data.channels", data.channels)
+  check_field("data.image_size", data.image_size)
+  check_field("data.channels", data.channels)
   return (data.image_size, data.image_size, data.channels)
 
 
 def _validate_relations(config: ml_collections.ConfigDict, num_devices: int) -> None:
   d, m = config.data, config.model
-  if not config.diffusion.logsnr_min < config.diffusion.logsnr_max:
-    raise ValueError(f"config.diffusion.logsnr_min={config.diffusion.logsnr_min} must be < "
-                     f"config.diffusion.logsnr_max={config.diffusion.logsnr_max}.")
+  schedules.check_logsnr_range(config.diffusion.logsnr_min, config.diffusion.logsnr_max,
+                               prefix="config.diffusion.")
   if config.training.batch_size % num_devices:
     raise ValueError(f"config.training.batch_size={config.training.batch_size} must be divisible "
                      f"by the number of devices ({num_devices}).")

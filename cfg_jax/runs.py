@@ -69,7 +69,7 @@ def load_classifier(workdir: epath.PathLike | None,
     classifier = load_run(workdir)
   except FileNotFoundError as e:
     raise FileNotFoundError(f"--classifier_workdir={workdir}: {e}") from e
-  if classifier.config.model.name != "classifier":
+  if not models.is_classifier(classifier.config):
     raise ValueError(f"--classifier_workdir={workdir} holds a "
                      f"{classifier.config.model.name!r} model, not a classifier.")
   return classifier

@@ -19,14 +19,14 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def check_logsnr_range(logsnr_min: float, logsnr_max: float) -> None:
-  """ValueError unless logsnr_min < logsnr_max, both finite."""
+def check_logsnr_range(logsnr_min: float, logsnr_max: float, *, prefix: str = "") -> None:
+  """ValueError unless logsnr_min < logsnr_max, both finite; `prefix` qualifies the names
+  in the message (e.g. "config.diffusion.")."""
+  lo, hi = f"{prefix}logsnr_min", f"{prefix}logsnr_max"
   if not (math.isfinite(logsnr_min) and math.isfinite(logsnr_max)):
-    raise ValueError(f"logsnr_min and logsnr_max must be finite, got "
-                     f"logsnr_min={logsnr_min}, logsnr_max={logsnr_max}.")
+    raise ValueError(f"{lo} and {hi} must be finite, got {lo}={logsnr_min}, {hi}={logsnr_max}.")
   if not logsnr_min < logsnr_max:
-    raise ValueError(f"logsnr_min must be < logsnr_max, got logsnr_min={logsnr_min}, "
-                     f"logsnr_max={logsnr_max}.")
+    raise ValueError(f"{lo}={logsnr_min} must be < {hi}={logsnr_max}.")
 
 
 def _angles(logsnr_min: float, logsnr_max: float) -> tuple[float, float, float]:

@@ -133,7 +133,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Any,
   A step whose loss or gradient is not finite changes nothing but the step and the
   non-finite counters, so the state (and every checkpoint of it) stays finite.
   """
-  loss_fn = classifier_loss if config.model.name == "classifier" else diffusion_loss
+  loss_fn = classifier_loss if models.is_classifier(config) else diffusion_loss
   rng = jax.random.fold_in(state.rng, state.step)
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params, model, batch, rng, config)
@@ -205,7 +205,7 @@ def write_sample_grids(config: ml_collections.ConfigDict, model: Any, ema_params
 
   Each grid goes to `workdir/samples/` and to TensorBoard (tag `samples/w<w>`).
   """
-  if config.model.name == "classifier":
+  if models.is_classifier(config):
     return
   s = config.sampling
   run = runs.Run(config, model, ema_params, step)

@@ -1,4 +1,5 @@
-"""The networks of the paper (SPEC section 5) and how to build them from a config.
+"""The networks of the paper (ADM's UNet and noisy classifier, a toy MLP) and how to build
+them from a config.
 
     model = create_model(config)              # UNet, MLP or Classifier (config.model.name)
     params = init_params(model, rng, config)
@@ -8,9 +9,9 @@
 """
 from cfg_jax.models.classifier import Classifier
 from cfg_jax.models.factory import (count_params, create_model, dummy_inputs, init_params,
-                                    make_apply_fn, num_params, param_shapes)
+                                    is_classifier, make_apply_fn, num_params, param_shapes)
 from cfg_jax.models.mlp import MLP
 from cfg_jax.models.unet import UNet
 
 __all__ = ["Classifier", "MLP", "UNet", "count_params", "create_model", "dummy_inputs",
-           "init_params", "make_apply_fn", "num_params", "param_shapes"]
+           "init_params", "is_classifier", "make_apply_fn", "num_params", "param_shapes"]

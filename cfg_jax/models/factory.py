@@ -23,23 +23,25 @@ from cfg_jax.models.unet import UNet
 
 Array = jax.Array
 Params = Any
-MODEL_NAMES = ("unet", "mlp", "classifier")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # config_lib.DTYPE_NAMES
+
+
+def is_classifier(config: ml_collections.ConfigDict) -> bool:
+  """Whether `config` describes the noisy classifier p_φ(c | z_λ, λ), not an ε-network."""
+  return config.model.name == "classifier"
 
 
 def create_model(config: ml_collections.ConfigDict) -> nn.Module:
   """The `UNet`, `MLP` or `Classifier` named by config.model.name, for config.data."""
   m = config.model
-  if m.name not in MODEL_NAMES:
-    raise ValueError(f"model.name must be one of {MODEL_NAMES}, got {m.name!r}.")
-  if m.dtype not in DTYPES:
-    raise ValueError(f"model.dtype must be one of {tuple(DTYPES)}, got {m.dtype!r}.")
+  config_lib.check_field("model.name", m.name)
+  config_lib.check_field("model.dtype", m.dtype)
   dtype = DTYPES[m.dtype]
   num_classes = config.data.num_classes
   if m.name == "mlp":
     return MLP(num_classes, hidden=m.mlp_hidden, depth=m.mlp_depth, dropout=m.dropout,
                dtype=dtype, remat=m.remat)
-  cls = UNet if m.name == "unet" else Classifier
+  cls = Classifier if is_classifier(config) else UNet
   return cls(num_classes, ch=m.ch, num_res_blocks=m.num_res_blocks, ch_mult=tuple(m.ch_mult),
              attn_resolutions=tuple(m.attn_resolutions), num_heads=m.num_heads,
              num_head_channels=m.num_head_channels, dropout=m.dropout,

@@ -9,6 +9,7 @@ import pytest
 
 from cfg_jax import config_lib
 from cfg_jax import models
+from cfg_jax.models import factory
 
 PRESETS = ("mnist", "toy2d", "imagenet64", "imagenet128", "mnist_classifier",
            "imagenet64_classifier", "imagenet128_classifier")
@@ -81,6 +82,16 @@ def test_create_model_rejects_unknown_names(field, value, match):
   config.model[field] = value
   with pytest.raises(ValueError, match=match):
     models.create_model(config)
+
+
+def test_every_model_and_dtype_name_of_the_schema_builds(tiny_config):
+  assert set(factory.DTYPES) == set(config_lib.DTYPE_NAMES)
+  built = {}
+  for name in config_lib.MODEL_NAMES:
+    config = tiny_config(name)
+    built[name] = type(models.create_model(config)).__name__
+    assert models.is_classifier(config) == (name == "classifier")
+  assert built == {"unet": "UNet", "mlp": "MLP", "classifier": "Classifier"}
 
 
 def test_count_params():
