@@ -1,4 +1,4 @@
-"""ImageNet 128x128 (Ho & Salimans): the ADM-128 UNet, 422M parameters in ADM (SPEC section 5).
+"""ImageNet 128x128 (Ho & Salimans): the ADM-128 UNet, 422M parameters in ADM.
 
 Training is ADM-128's (batch 256, Adam at a constant 1e-4, EMA 0.9999) for the paper's
 2.7M steps; sampling uses the paper's v = 0.2 and T = 256.

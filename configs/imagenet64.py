@@ -1,4 +1,4 @@
-"""ImageNet 64x64 (Ho & Salimans): the ADM-64 UNet, 296M parameters in ADM (SPEC section 5).
+"""ImageNet 64x64 (Ho & Salimans): the ADM-64 UNet, 296M parameters in ADM.
 
 Training is ADM-64's (batch 2048, Adam at a constant 3e-4, EMA 0.9999) for the paper's
 400k steps; sampling uses the paper's v = 0.3 and T = 256.

@@ -3,9 +3,8 @@
 Read by `python -m cfg_jax.evaluate` (--eval_classifier_config), not by cfg_jax.train:
 `cfg_jax.evaluation.eval_classifier.EvalClassifier`, a small clean-image CNN, trained with
 Adam on the data of the run being evaluated (config.data of that run) the first time it is
-needed, and cached under <workdir>/eval_classifier/<source>-<hash>. The last `holdout` examples of
-the data order are kept out of training to report its accuracy (mnist5k: 98.6%, after
-~3 minutes of training on two busy CPU cores).
+needed, and cached under <workdir>/eval_classifier/<source>-<hash>. The last `holdout`
+examples of the data order are kept out of training to report its accuracy.
 """
 import ml_collections
 

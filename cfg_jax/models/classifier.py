@@ -1,4 +1,4 @@
-"""p_φ(c | z_λ, λ): ADM's noise-conditional classifier for classifier guidance (SPEC section 4).
+"""p_φ(c | z_λ, λ): ADM's noise-conditional classifier for classifier guidance.
 
 The UNet's downsampling half and middle block (conditioned on λ only, no class
 embedding), then a float32 GroupNorm, SiLU and attention pooling of the last feature map

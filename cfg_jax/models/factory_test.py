@@ -14,9 +14,9 @@ from cfg_jax.models import factory
 PRESETS = ("mnist", "toy2d", "imagenet64", "imagenet128", "mnist_classifier",
            "imagenet64_classifier", "imagenet128_classifier")
 
-# ADM's counts (Dhariwal & Nichol's hyperparameter table), which SPEC section 5 quotes. The ε-networks
-# differ from ADM's by a row more in the class table (∅, +4·ch) and no learned-variance
-# head (its 3 output channels of the last 3x3 convolution, -(3·9·C + 3)).
+# ADM's counts (Dhariwal & Nichol's hyperparameter table), whose networks Ho & Salimans
+# reuse. The ε-networks differ from ADM's by a row more in the class table (∅, +4·ch) and
+# no learned-variance head (its 3 output channels of the last 3x3 convolution, -(3·9·C + 3)).
 PAPER_COUNTS = {"imagenet64": 296e6, "imagenet128": 422e6, "imagenet64_classifier": 65e6,
                 "imagenet128_classifier": 43e6}
 EXACT_COUNTS = {"imagenet64": 295_900_035, "imagenet128": 421_523_715,

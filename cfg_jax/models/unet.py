@@ -1,4 +1,4 @@
-"""ε_θ(z_λ, λ, c): the ADM UNet (Dhariwal & Nichol) that Ho & Salimans reused (SPEC section 5).
+"""ε_θ(z_λ, λ, c): the ADM UNet (Dhariwal & Nichol) that Ho & Salimans reused.
 
 The embedding is MLP(sinusoidal(t(λ))) + a class embedding of num_classes + 1 rows whose
 last row (label `num_classes`) is the learned null label ∅, so that one network is both
