@@ -13,8 +13,8 @@ import time
 
 import jax
 import numpy as np
-from tensorboard.util import tensor_util
 
+from cfg_jax import metric_writer_test
 from cfg_jax import train_test
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,11 +31,7 @@ TINY_MNIST = ["--config.model.ch=8", "--config.model.ch_mult=(1,2)",
 
 def _logged(workdir, tag):
   """The values of scalar `tag` in the run's TensorBoard events, in step order."""
-  from tensorboard.backend.event_processing import event_accumulator
-  events = event_accumulator.EventAccumulator(str(workdir / "tensorboard"),
-                                              size_guidance={"tensors": 0})  # keep all
-  events.Reload()
-  return [float(tensor_util.make_ndarray(e.tensor_proto)) for e in events.Tensors(tag)]
+  return [e.value for e in metric_writer_test.read_events(workdir / "tensorboard").Scalars(tag)]
 
 
 def _command(workdir):
