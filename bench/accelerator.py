@@ -7,26 +7,24 @@ r"""The accelerator benchmark: bfloat16 training (MFU, largest batch) and guided
 For configs/imagenet64.py (296M parameters) and reduced64 (the same UNet at ch 32, one
 block per level), both in bfloat16, on one device (`jax.devices()[0]`):
 
-- the largest batch per device without and with remat: XLA's memory analysis of the
-  compiled train step (arguments + outputs + temporaries - donated) at two small batches
-  gives bytes per image; compiles around that estimate find the largest multiple of
-  --batch_step within the memory jax may still use (`memory_stats()`: `bytes_limit` less
-  `bytes_in_use`, or --memory_limit_mib where the device reports none, as the CPU), and
-  one step at that batch is run to confirm it;
+- the largest batch per device without and with remat (`largest_batch`: XLA's memory
+  analysis of the compiled train step, a multiple of --batch_step, within the memory jax
+  may still use or --memory_limit_mib where the device reports none, as the CPU),
+  confirmed by running one step at it;
 - training images/s at --train_batch without and with remat, and the model FLOP
   utilisation: the FLOPs of the step without remat (XLA's count of the program before
   optimization: recomputation is not model work) / seconds / the device's peak bfloat16
   FLOP/s (PEAK_BF16 by device kind; elsewhere the measured bfloat16 matmul peak, which is
   reported for every device as a cross-check);
 - guided sampling per step at batch 16 and 64: unguided, guided in one batched pass,
-  guided in two passes (bench.run's figures), as images per second;
+  guided in two passes (`common.bench_sampling`, as in bench.run), as images per second;
 - the same training and sampling steps in diffusers' UNet2DModel of the same
   architecture with bfloat16 autocast (bench/peer_diffusers.py), on the GPU only (or
   the CPU with --quick). It runs first, in a process of its own, before jax starts
   and takes 75% of the GPU's memory.
 
 It prints markdown tables, the targets met or missed and `BENCH_JSON {...}` (also --out).
-Times are the fastest of --repeats calls after one untimed call (bench.run.timed).
+Times are the fastest of --repeats calls after one untimed call (`common.timed`).
 """
 from __future__ import annotations
 
@@ -34,16 +32,14 @@ import importlib.util
 import json
 import subprocess
 import sys
-from typing import Any, Callable
+from typing import Any
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 
-from bench import run
-from cfg_jax import config_lib
+from bench import common
+from bench import largest_batch
 
-ROOT = run.ROOT
 # Dense bfloat16 peak FLOP/s by jax's device_kind (first match of a case-insensitive
 # substring, so the more specific names come first): NVIDIA's and Google's data sheets.
 PEAK_BF16 = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12),
@@ -57,17 +53,14 @@ TARGETS = {"training MFU": (">=", 0.40), "ours / diffusers, training step": ("<=
            "guided / unguided": ("<=", 2.0), "guided 1 pass / 2 passes": ("<=", 0.9)}
 
 
-def imagenet64_config() -> ml_collections.ConfigDict:
-  return config_lib.load_config_file(ROOT / "configs" / "imagenet64.py")
-
-
 def reduced64_config() -> ml_collections.ConfigDict:
-  return run.with_model(run.reduced64_config(), dtype="bfloat16")
+  """bench.run's reduced64 in bfloat16."""
+  return common.with_model(common.reduced64_config(), dtype="bfloat16")
 
 
 def tiny_config() -> ml_collections.ConfigDict:
   """--quick: configs/imagenet64.py's UNet at 16x16 pixels, 16 channels and two levels."""
-  config = imagenet64_config()
+  config = common.preset("imagenet64")
   config.data.image_size = 16
   config.model.update(ch=16, num_res_blocks=1, ch_mult=(1, 2), attn_resolutions=(8,),
                       num_head_channels=16)
@@ -82,110 +75,36 @@ def peak_flops(device_kind: str, measured: float) -> dict[str, Any]:
   return {"flops_per_sec": measured, "source": "measured bfloat16 matmul"}
 
 
-def largest_fitting(fits: Callable[[int], bool], guess: int, *, step: int, cap: int) -> int:
-  """The largest multiple of `step` in [step, cap] for which `fits` (monotone: true up to
-  some batch) holds, or 0. Strides doubling away from `guess` bracket it, bisection
-  narrows it, so a close guess costs a few calls of fits."""
-  b = min(max(step, guess // step * step), cap // step * step)
-  if fits(b):
-    lo, stride = b, step
-    while lo + stride <= cap and fits(lo + stride):
-      lo, stride = lo + stride, 2 * stride
-    hi = min(lo + stride, cap // step * step + step)
-  else:
-    hi, stride = b, step
-    while hi - stride >= step and not fits(hi - stride):
-      hi, stride = hi - stride, 2 * stride
-    lo = max(hi - stride, 0)
-  while hi - lo > step:  # lo fits (or is 0), hi does not
-    mid = lo + (hi - lo) // (2 * step) * step
-    lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-  return lo
-
-
-def memory_limit(memory_limit_mib: int | None) -> dict[str, Any]:
-  """The bytes a train step may use on the device, and where that number comes from."""
-  stats = jax.devices()[0].memory_stats()
-  if stats and "bytes_limit" in stats:
-    return {"bytes": stats["bytes_limit"] - stats.get("bytes_in_use", 0),
-            "source": "memory_stats: bytes_limit - bytes_in_use"}
-  if memory_limit_mib:
-    return {"bytes": memory_limit_mib * 2**20, "source": "--memory_limit_mib"}
-  return {"bytes": None, "source": "the device reports no memory limit: pass --memory_limit_mib"}
-
-
-def step_bytes(step: run.TrainStep, batch_size: int) -> int:
-  """XLA's bytes for one train step: arguments, outputs and temporaries, less the donated
-  state that outputs reuse."""
-  m = step.compiled(batch_size).memory_analysis()
-  return (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-          + m.temp_size_in_bytes + m.generated_code_size_in_bytes)
-
-
-def _runs(step: run.TrainStep, batch_size: int) -> bool:
-  try:
-    step.run_once(batch_size)
-  except jax.errors.JaxRuntimeError as e:
-    if "RESOURCE_EXHAUSTED" not in str(e):
-      raise
-    return False
-  return True
-
-
-def bench_largest_batch(step: run.TrainStep, limit: int, *, batch_step: int, train_batch: int,
-                        cap: int) -> dict[str, Any]:
-  """The largest batch (a multiple of batch_step) whose train step fits in `limit` bytes.
-
-  The straight line through the step's bytes at batch_step and at train_batch (compiled
-  for the timing anyway; 2·batch_step if not larger) gives the first guess.
-  """
-  small = (batch_step, max(train_batch, 2 * batch_step))
-  need = {b: step_bytes(step, b) for b in small}
-  per_image = (need[small[1]] - need[small[0]]) / (small[1] - small[0])
-  fixed = need[small[0]] - per_image * small[0]
-  guess = int((limit - fixed) / per_image) if per_image > 0 else cap
-  batch = largest_fitting(lambda b: step_bytes(step, b) <= limit, guess, step=batch_step,
-                          cap=cap)
-  confirmed = batch > 0 and _runs(step, batch)
-  while batch > batch_step and not confirmed:  # XLA's analysis missed some memory
-    batch -= batch_step
-    confirmed = _runs(step, batch)
-  return {"batch": batch, "bytes": step_bytes(step, batch) if batch else None,
-          "bytes_per_image": per_image, "fixed_bytes": fixed, "limit_bytes": limit,
-          "estimate": guess, "compiled_batches": sorted(step.compiled_batches()),
-          "confirmed_by_running": confirmed}
-
-
 def bench_preset(config: ml_collections.ConfigDict, *, train_batch: int, sampling_batches,
                  limit: int | None, batch_step: int, max_batch: int, repeats: int,
                  peak: float) -> dict[str, Any]:
   """Largest batches, training and sampling of one preset, without and with remat."""
-  steps = {mode: run.TrainStep(run.with_model(config, remat=remat))
+  steps = {mode: common.TrainStep(common.with_model(config, remat=remat))
            for mode, remat in REMAT.items()}
-  model_flops = run.flops(steps["no_remat"].lower(train_batch))
+  model_flops = common.flops(steps["no_remat"].lower(train_batch))
   out = {"model_flops_per_step": model_flops, "train_batch": train_batch,
          "largest_batch": {}, "training": {}}
   for mode, step in steps.items():
     if limit is None:
       out["largest_batch"][mode] = {"skipped": "no memory limit"}
     else:
-      run.progress(f"largest batch, {mode}")
-      out["largest_batch"][mode] = bench_largest_batch(
+      common.progress(f"largest batch, {mode}")
+      out["largest_batch"][mode] = largest_batch.measure(
           step, limit, batch_step=batch_step, train_batch=train_batch, cap=max_batch)
     largest = out["largest_batch"][mode].get("batch")
     if largest is not None and largest < train_batch:
       out["training"][mode] = {"skipped": f"batch {train_batch} does not fit (largest "
                                           f"{largest})"}
       continue
-    run.progress(f"training, {mode}")
+    common.progress(f"training, {mode}")
     seconds = step.seconds(train_batch, repeats)
     out["training"][mode] = {"seconds_per_step": seconds,
                              "images_per_sec": train_batch / seconds,
                              "mfu": model_flops / seconds / peak}
-  run.progress("sampling")
-  net = run.Network(config)
+  common.progress("sampling")
+  net = common.Network(config)
   out["num_params"] = net.num_params
-  out["sampling"] = run.bench_sampling(net, sampling_batches, repeats)
+  out["sampling"] = common.bench_sampling(net, sampling_batches, repeats)
   for b, row in out["sampling"].items():
     row["images_per_sec"] = {mode: int(b) / row[mode]
                              for mode in ("unguided", "guided", "two_pass")}
@@ -201,11 +120,11 @@ def bench_peers(presets: dict[str, ml_collections.ConfigDict], *, quick: bool, t
     return {name: {"skipped": why} for name in presets}
   out = {}
   for name, config in presets.items():
-    run.progress(f"diffusers peer, {name}")
-    spec = run.peer_spec(config, sampling_batches, train_batch, repeats)
+    common.progress(f"diffusers peer, {name}")
+    spec = common.peer_spec(config, sampling_batches, train_batch, repeats)
     spec["device"] = None if quick else "cuda"
     proc = subprocess.run([sys.executable, "-m", "bench.peer_diffusers", json.dumps(spec)],
-                          cwd=ROOT, capture_output=True, text=True, check=False)
+                          cwd=common.ROOT, capture_output=True, text=True, check=False)
     lines = [l for l in proc.stdout.splitlines() if l.startswith("PEER_JSON ")]
     out[name] = (json.loads(lines[-1][len("PEER_JSON "):]) if proc.returncode == 0 and lines
                  else {"skipped": f"the peer failed: {proc.stderr.strip()[-500:]}"})
@@ -216,19 +135,19 @@ def run_all(quick: bool, repeats: int, *, train_batch: int, batch_step: int, max
             memory_limit_mib: int | None) -> dict[str, Any]:
   """Every measurement, the diffusers peers first; returns the nested dict of figures."""
   presets = ({"tiny": tiny_config()} if quick
-             else {"imagenet64": imagenet64_config(), "reduced64": reduced64_config()})
+             else {"imagenet64": common.preset("imagenet64"), "reduced64": reduced64_config()})
   sampling_batches = (16,) if quick else (16, 64)
   peers = bench_peers(presets, quick=quick, train_batch=train_batch,
                       sampling_batches=sampling_batches, repeats=repeats)
-  run.progress("bfloat16 matmul peak")
-  matmul = run.matmul_peak((256, 512) if quick else (4096, 8192), repeats, jnp.bfloat16)
-  machine = run.machine()
+  common.progress("bfloat16 matmul peak")
+  matmul = common.matmul_peak((256, 512) if quick else (4096, 8192), repeats, jnp.bfloat16)
+  machine = common.machine()
   peak = peak_flops(machine["device_kind"], matmul["peak"])
-  limit = memory_limit(memory_limit_mib)
-  results = {"machine": machine, "quick": quick, "repeats": repeats, "w": run.W,
+  limit = largest_batch.memory_limit(memory_limit_mib)
+  results = {"machine": machine, "quick": quick, "repeats": repeats, "w": common.W,
              "matmul_bf16": matmul, "peak_bf16": peak, "memory_limit": limit, "presets": {}}
   for name, config in presets.items():
-    run.progress(name)
+    common.progress(name)
     results["presets"][name] = bench_preset(
         config, train_batch=train_batch, sampling_batches=sampling_batches,
         limit=limit["bytes"], batch_step=batch_step, max_batch=max_batch, repeats=repeats,
@@ -249,7 +168,7 @@ def _best_training(preset: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
-  """Each target of TARGETS that was measured, with its worst figure."""
+  """Each target of TARGETS that was measured, with its worst figure (`common.judge`)."""
   presets = results["presets"]
   first = next(iter(presets))
   figures = {}
@@ -265,18 +184,10 @@ def targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
             and "skipped" not in p["peer"]["training"]]
   if ratios:
     figures["ours / diffusers, training step"] = max(ratios)
-  out = {}
-  for name, value in figures.items():
-    comparison, bound = TARGETS[name]
-    out[name] = {"worst": value, "bound": bound, "comparison": comparison,
-                 "met": value >= bound if comparison == ">=" else value <= bound}
+  out = common.judge(figures, TARGETS)
   if "training MFU" in out:
     out["training MFU"]["preset"] = first
   return out
-
-
-def _ms(seconds: float) -> str:
-  return f"{1e3 * seconds:,.1f} ms"
 
 
 def _gib(n: float) -> str:
@@ -306,8 +217,8 @@ def report(results: dict[str, Any]) -> str:
           f"{lb['batch']}{'' if lb['confirmed_by_running'] else ' (not confirmed)'} | "
           f"{_gib(lb['bytes']) if lb['bytes'] else '-'} | "
           f"{lb['bytes_per_image'] / 2**20:,.1f} MiB")
-      speed = (f"{_ms(tr['seconds_per_step'])} | {tr['images_per_sec']:,.1f} | {tr['mfu']:.1%}"
-               if "skipped" not in tr else f"{tr['skipped']} | - | -")
+      speed = (f"{common.ms(tr['seconds_per_step'])} | {tr['images_per_sec']:,.1f} | "
+               f"{tr['mfu']:.1%}" if "skipped" not in tr else f"{tr['skipped']} | - | -")
       lines.append(f"| {mode.replace('_', ' ')} | {fit} | {speed} |")
     lines += ["", "| sampling batch | unguided | guided, 1 pass | guided, 2 passes | "
               "guided / unguided | 1 pass / 2 passes |", "|---|---|---|---|---|---|"]
@@ -317,11 +228,7 @@ def report(results: dict[str, Any]) -> str:
                    f"{ips['two_pass']:,.1f} img/s | {r['guided/unguided']:.2f} | "
                    f"{r['guided/two_pass']:.2f} |")
     lines += _peer_lines(results, p)
-  lines += ["", "### Targets", "", "| target | measured | bound | met |", "|---|---|---|---|"]
-  for name, t in results["targets"].items():
-    label = f"{name} ({t['preset']})" if "preset" in t else name
-    lines.append(f"| {label} | {t['worst']:.2f} | {t['comparison']} {t['bound']:g} | "
-                 f"{'yes' if t['met'] else 'NO'} |")
+  lines += ["", "### Targets", ""] + common.targets_table(results["targets"])
   return "\n".join(lines)
 
 
@@ -341,21 +248,21 @@ def _peer_lines(results: dict[str, Any], p: dict[str, Any]) -> list[str]:
         lines.append(f"| {mode} sampling step, batch {b} | - | {r['skipped']} | - |")
         continue
       ours = p["sampling"][b][mode]
-      lines.append(f"| {mode} sampling step, batch {b} | {_ms(ours)} | {_ms(r[mode])} | "
-                   f"{ratio(ours, r[mode])} |")
+      lines.append(f"| {mode} sampling step, batch {b} | {common.ms(ours)} | "
+                   f"{common.ms(r[mode])} | {ratio(ours, r[mode])} |")
   best, theirs = _best_training(p), peer["training"]
   if best and "skipped" not in theirs:
-    lines.append(f"| training step, batch {p['train_batch']} | {_ms(best['seconds_per_step'])}"
-                 f" | {_ms(theirs['seconds_per_step'])} | "
-                 f"{ratio(best['seconds_per_step'], theirs['seconds_per_step'])} |")
+    t_ours, t_peer = best["seconds_per_step"], theirs["seconds_per_step"]
+    lines.append(f"| training step, batch {p['train_batch']} | {common.ms(t_ours)} | "
+                 f"{common.ms(t_peer)} | {ratio(t_ours, t_peer)} |")
   elif "skipped" in theirs:
     lines.append(f"| training step, batch {p['train_batch']} | - | {theirs['skipped']} | - |")
   return lines
 
 
 def main() -> None:
-  parser = run.arg_parser(__doc__.splitlines()[0],
-                          "a tiny UNet and small batches: checks that the benchmark runs")
+  parser = common.arg_parser(__doc__.splitlines()[0],
+                             "a tiny UNet and small batches: checks that the benchmark runs")
   parser.add_argument("--train_batch", type=int, default=None,
                       help="per-device batch of the timed training steps (default 64; 8 with "
                            "--quick)")
@@ -366,7 +273,7 @@ def main() -> None:
   parser.add_argument("--memory_limit_mib", type=int, default=None,
                       help="memory for a train step where the device reports none (CPU)")
   args = parser.parse_args()
-  repeats = run.repeats_flag(parser, args)
+  repeats = common.repeats_flag(parser, args)
   train_batch = args.train_batch or (8 if args.quick else 64)
   batch_step = args.batch_step or (4 if args.quick else 8)
   for flag, value in (("train_batch", train_batch), ("batch_step", batch_step),
@@ -375,7 +282,7 @@ def main() -> None:
       parser.error(f"--{flag} must be >= 1, got {value}.")
   results = run_all(args.quick, repeats, train_batch=train_batch, batch_step=batch_step,
                     max_batch=args.max_batch, memory_limit_mib=args.memory_limit_mib)
-  run.emit(results, report(results), args.out)
+  common.emit(results, report(results), args.out)
 
 
 if __name__ == "__main__":

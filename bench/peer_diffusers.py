@@ -104,9 +104,9 @@ def _autocast(device: str, dtype: str):
 
 
 def _best_seconds(fn, repeats: int, device: str = "cpu") -> float:
-  """The fastest wall time of fn() over `repeats` calls, after 2 warm-up calls (as bench/run.py).
+  """The fastest wall time of fn() over `repeats` calls, after 2 warm-up calls.
 
-  On a GPU each call is timed until the GPU has finished it.
+  As `bench.common.timed` times jax; on a GPU each call is timed until the GPU has finished it.
   """
   sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
   for _ in range(2):

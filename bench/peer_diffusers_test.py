@@ -1,34 +1,22 @@
 """Tests of the diffusers peer: output shape and parameter count against our mnist UNet, and
 `measure` in bfloat16."""
-import pathlib
-
 import pytest
 
 pytest.importorskip("diffusers")
 torch = pytest.importorskip("torch")
 
+from bench import common  # pylint: disable=g-import-not-at-top
 from bench import peer_diffusers  # pylint: disable=g-import-not-at-top
-from cfg_jax import config_lib  # pylint: disable=g-import-not-at-top
 from cfg_jax import models  # pylint: disable=g-import-not-at-top
-
-MNIST = pathlib.Path(__file__).resolve().parents[1] / "configs" / "mnist.py"
-
-
-def _mnist_config():
-  return config_lib.load_config_file(MNIST)
+from cfg_jax import test_configs  # pylint: disable=g-import-not-at-top
 
 
 def _build(config):
-  m, d = config.model, config.data
-  return peer_diffusers.build_unet(
-      ch=m.ch, ch_mult=m.ch_mult, num_res_blocks=m.num_res_blocks,
-      attn_resolutions=m.attn_resolutions, num_head_channels=m.num_head_channels,
-      image_size=d.image_size, channels=d.channels, num_classes=d.num_classes,
-      dropout=m.dropout, resblock_updown=m.resblock_updown)
+  return peer_diffusers.build_unet(**common.peer_unet(config))
 
 
 def test_output_shape_with_null_label():
-  config = _mnist_config()
+  config = test_configs.preset("mnist")
   model = _build(config).eval()
   d = config.data
   z = torch.randn(2, d.channels, d.image_size, d.image_size)
@@ -39,23 +27,19 @@ def test_output_shape_with_null_label():
 
 
 def test_param_count_matches_ours():
-  config = _mnist_config()
+  config = test_configs.preset("mnist")
   ours = models.num_params(models.create_model(config), config)
   peer = peer_diffusers.num_params(_build(config))
   assert abs(peer - ours) <= 0.05 * ours, (peer, ours)
 
 
 def test_measure_times_sampling_and_training_with_bfloat16_autocast():
-  m, d = _mnist_config().model, _mnist_config().data
-  unet = dict(ch=m.ch, ch_mult=list(m.ch_mult), num_res_blocks=m.num_res_blocks,
-              attn_resolutions=list(m.attn_resolutions), num_head_channels=m.num_head_channels,
-              image_size=d.image_size, channels=d.channels, num_classes=d.num_classes,
-              dropout=m.dropout, resblock_updown=m.resblock_updown)
-  spec = {"unet": unet, "sampling_batches": [2], "train_batch": 2, "repeats": 1,
-          "dtype": "bfloat16", "device": "cpu"}
+  config = test_configs.preset("mnist")
+  spec = common.peer_spec(config, sampling_batches=[2], train_batch=2, repeats=1) | {
+      "dtype": "bfloat16", "device": "cpu"}
   out = peer_diffusers.measure(spec)
   assert (out["device"], out["device_name"], out["dtype"]) == ("cpu", "cpu", "bfloat16")
-  assert out["num_params"] == peer_diffusers.num_params(_build(_mnist_config()))
+  assert out["num_params"] == peer_diffusers.num_params(_build(config))
   assert out["sampling"]["2"]["unguided"] > 0 and out["sampling"]["2"]["guided"] > 0
   assert out["training"]["images_per_sec"] == 2 / out["training"]["seconds_per_step"]
   with pytest.raises(ValueError, match="dtype must be"):

@@ -1,22 +1,13 @@
-"""Tests for input_pipeline: sources, seekable order, host shards and validation."""
+"""Tests of input_pipeline: the seekable order, host shards, flips and validation."""
 from __future__ import annotations
 
 import itertools
-import pathlib
 
 import numpy as np
-from PIL import Image
 import pytest
-import tensorflow_datasets as tfds
 
-from cfg_jax import config_lib
 from cfg_jax import input_pipeline
-
-
-def _config(**data):
-  config = config_lib.base_config()
-  config.data.update(data)
-  return config
+from cfg_jax import test_configs
 
 
 def _create(config, process_index=0, process_count=1):
@@ -26,7 +17,7 @@ def _create(config, process_index=0, process_count=1):
 
 @pytest.fixture(scope="module")
 def mnist5k():
-  return _create(_config())
+  return _create(test_configs.with_data())
 
 
 def _small_images(n=10, seed=0):
@@ -35,156 +26,17 @@ def _small_images(n=10, seed=0):
   return x, np.arange(n) % 3
 
 
-# Sources.
-
-
-def test_mnist5k_loads_5000_padded_digits(mnist5k):
-  batch = mnist5k.batch(0, batch_size=len(mnist5k))
-  x, labels = batch["x"], batch["label"]
-  assert (len(mnist5k), mnist5k.num_classes, mnist5k.example_shape) == (5000, 10, (32, 32, 1))
-  assert x.shape == (5000, 32, 32, 1) and x.dtype == np.float32 and labels.dtype == np.int32
-  assert x.min() == -1. and x.max() == 1.
-  np.testing.assert_array_equal(np.bincount(labels), np.full(10, 500))
-  # The 28x28 digits sit in the middle, padded with the background value -1.
-  border = np.ones((32, 32), bool)
-  border[2:30, 2:30] = False
-  assert np.all(x[:, border] == -1.)
-  assert np.all(x[:, 2:30, 2:30].max(axis=(1, 2, 3)) > 0.)
-
-
-def test_mnist5k_resize_and_channels():
-  batch = _create(_config(image_size=16, channels=3)).batch(0, batch_size=64)
-  assert batch["x"].shape == (64, 16, 16, 3)
-  assert -1. <= batch["x"].min() and batch["x"].max() <= 1.
-  np.testing.assert_array_equal(batch["x"][..., 0], batch["x"][..., 2])
-
-
-def _write_image(path: pathlib.Path, array: np.ndarray) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  Image.fromarray(array).save(path)
-
-
-@pytest.fixture
-def folder(tmp_path):
-  """Two classes: 'cat' (sorted first, label 0) is solid red, 'dog' (label 1) white."""
-  tmp_path = tmp_path / "pets"
-  red = lambda h, w: np.broadcast_to(np.array([255, 0, 0], np.uint8), (h, w, 3)).copy()
-  _write_image(tmp_path / "cat" / "a.png", red(20, 40))
-  _write_image(tmp_path / "cat" / "b.png", red(33, 17))
-  _write_image(tmp_path / "cat" / "nested" / "c.png", red(8, 8))
-  _write_image(tmp_path / "dog" / "a.png", np.full((28, 28), 255, np.uint8))
-  _write_image(tmp_path / "dog" / "b.png", np.full((50, 50, 3), 255, np.uint8))
-  wide = np.zeros((20, 60), np.uint8)  # white only in the center square, which is kept
-  wide[:, 20:40] = 255
-  _write_image(tmp_path / "dog" / "wide.png", wide)
-  (tmp_path / "dog" / "notes.txt").write_text("not an image")
-  return tmp_path
-
-
-@pytest.mark.parametrize("channels, red", [(3, [1., -1., -1.]), (1, [76 / 127.5 - 1.])])
-def test_folder_source(folder, channels, red):
-  ds = _create(_config(source=f"folder:{folder}", num_classes=2, image_size=16,
-                       channels=channels, resize=True))
-  batch = ds.batch(0, batch_size=6)
-  assert (len(ds), ds.num_classes) == (6, 2)
-  assert batch["x"].shape == (6, 16, 16, channels)
-  np.testing.assert_array_equal(np.sort(batch["label"]), [0, 0, 0, 1, 1, 1])
-  for x, label in zip(batch["x"], batch["label"]):
-    np.testing.assert_allclose(x, np.broadcast_to(red if label == 0 else 1., x.shape), atol=1e-6)
-
-
-def test_folder_random_access_matches_in_memory(folder, monkeypatch):
-  config = _config(source=f"folder:{folder}", num_classes=2, image_size=8, random_flip=True,
-                   resize=True)
-  in_memory = _create(config)
-  monkeypatch.setattr(input_pipeline, "_MAX_IN_MEMORY_BYTES", 0)
-  random_access = _create(config)
-  for step in range(3):
-    a, b = in_memory.batch(step, batch_size=4), random_access.batch(step, batch_size=4)
-    np.testing.assert_array_equal(a["x"], b["x"])
-    np.testing.assert_array_equal(a["label"], b["label"])
-
-
-@pytest.mark.parametrize("in_memory", [True, False])
-def test_folder_of_mixed_sizes_is_refused_unless_resize(tmp_path, monkeypatch, in_memory):
-  for i, (h, w) in enumerate([(12, 12), (12, 12), (12, 20)]):
-    _write_image(tmp_path / "digits" / str(i % 2) / f"{i}.png", np.zeros((h, w), np.uint8))
-  if not in_memory:  # the odd image is met by the step that reads it
-    monkeypatch.setattr(input_pipeline, "_MAX_IN_MEMORY_BYTES", 0)
-  config = _config(source=f"folder:{tmp_path / 'digits'}", num_classes=2, image_size=8)
-  with pytest.raises(ValueError, match=r"mixed sizes: .*2\.png is 20x12, .*0\.png is 12x12\. "
-                                       r"Set config\.data\.resize=True"):
-    _create(config).batch(0, batch_size=3)
-  config.data.resize = True
-  assert _create(config).batch(0, batch_size=3)["x"].shape == (3, 8, 8, 1)
-
-
-def test_folder_of_one_size_needs_no_resize(tmp_path):
-  for i in range(4):
-    _write_image(tmp_path / "digits" / str(i % 2) / f"{i}.png", np.zeros((28, 28), np.uint8))
-  batch = _create(_config(source=f"folder:{tmp_path / 'digits'}", num_classes=2)).batch(
-      0, batch_size=4)
-  assert batch["x"].shape == (4, 32, 32, 1) and np.all(batch["x"] == -1.)
-
-
-def _fail(*args, **kwargs):
-  raise AssertionError("this path must not be taken")
-
-
-def test_tfds_mnist_in_memory(monkeypatch):
-  monkeypatch.setattr(tfds, "data_source", _fail)
-  with tfds.testing.mock_data(num_examples=20):
-    ds = _create(_config(source="mnist"))
-  batch = ds.batch(0, batch_size=20)
-  assert len(ds) == 20 and ds.example_shape == (32, 32, 1)
-  assert batch["x"].shape == (20, 32, 32, 1)
-  assert -1. <= batch["x"].min() and batch["x"].max() <= 1.
-  assert np.all(batch["x"][:, :2] == -1.)  # padded like mnist5k
-  assert np.all((0 <= batch["label"]) & (batch["label"] < 10))
-
-
-def test_tfds_variable_size_images_use_random_access(monkeypatch):
-  monkeypatch.setattr(tfds, "load", _fail)
-  config = _config(source="imagenet2012", num_classes=1000, image_size=16, channels=3)
-  with tfds.testing.mock_data(num_examples=6):
-    with pytest.raises(ValueError, match=r"'imagenet2012' has images of varying sizes .* set "
-                                         r"config\.data\.resize=True"):
-      _create(config)
-    config.data.resize = True
-    ds = _create(config)
-    batch = ds.batch(0, batch_size=6)  # reads go through tfds.data_source
-  assert len(ds) == 6 and batch["x"].shape == (6, 16, 16, 3)
-  assert -1. <= batch["x"].min() and batch["x"].max() <= 1.
-  assert np.all((0 <= batch["label"]) & (batch["label"] < 1000))
-
-
-def test_toy2d_matches_its_mixture():
-  config = _config(source="toy2d", num_classes=4, toy2d_num_examples=20_000)
-  mixture = input_pipeline.toy2d_mixture(config)
-  assert mixture.means.shape == (4, 2) and mixture.covs.shape == (4, 2, 2)
-  np.testing.assert_allclose(np.linalg.norm(mixture.means, axis=-1), config.data.toy2d_radius)
-  np.testing.assert_allclose(mixture.probs.sum(), 1.)
-  ds = input_pipeline.create_dataset(config)  # this host of jax.process_count() == 1
-  batch = ds.batch(0, batch_size=len(ds))
-  assert ds.example_shape == (2,) and batch["x"].shape == (20_000, 2)
-  for k in range(4):
-    x = batch["x"][batch["label"] == k]
-    np.testing.assert_allclose(len(x) / len(ds), mixture.probs[k], atol=0.02)
-    np.testing.assert_allclose(x.mean(0), mixture.means[k], atol=0.01)
-    np.testing.assert_allclose(np.cov(x.T), mixture.covs[k], atol=0.002)
-
-
 # Order: deterministic, seekable, sharded.
 
 
 def test_batches_are_a_function_of_seed_and_step(mnist5k):
-  other = _create(_config())
+  other = _create(test_configs.with_data())
   for step in (0, 1, 39, 1000):  # step 39 crosses the first epoch end (39 * 128 < 5000 < 40 * 128)
     a, b = mnist5k.batch(step, batch_size=128), other.batch(step, batch_size=128)
     np.testing.assert_array_equal(a["x"], b["x"])
     np.testing.assert_array_equal(a["label"], b["label"])
-  reseeded = _create(_config()).batch(0, batch_size=128)
-  config = _config()
+  reseeded = _create(test_configs.with_data()).batch(0, batch_size=128)
+  config = test_configs.with_data()
   config.seed = 1
   assert not np.array_equal(_create(config).batch(0, batch_size=128)["x"], reseeded["x"])
 
@@ -238,7 +90,7 @@ def test_host_shards_partition_the_global_batch(process_count):
 
 
 def test_create_dataset_host_shard(mnist5k):
-  host = _create(_config(), process_index=1, process_count=2)
+  host = _create(test_configs.with_data(), process_index=1, process_count=2)
   np.testing.assert_array_equal(host.batch(2, batch_size=128)["x"],
                                 mnist5k.batch(2, batch_size=128)["x"][64:])
 
@@ -249,7 +101,9 @@ def test_create_dataset_host_shard(mnist5k):
 @pytest.fixture
 def no_loading(monkeypatch):
   """Fails the test if mnist5k is read: checks must come before any heavy work."""
-  monkeypatch.setattr(input_pipeline.np, "loadtxt", _fail)
+  def fail(*args, **kwargs):
+    raise AssertionError("mnist5k must not be read")
+  monkeypatch.setattr(np, "loadtxt", fail)
 
 
 @pytest.mark.parametrize("data, training_batch, process_count, match", [
@@ -262,38 +116,10 @@ def no_loading(monkeypatch):
 ])
 def test_config_errors_come_before_loading(no_loading, data, training_batch, process_count,
                                            match):
-  config = _config(**data)
+  config = test_configs.with_data(**data)
   config.training.batch_size = training_batch
   with pytest.raises(ValueError, match=match):
     _create(config, process_count=process_count)
-
-
-def test_unknown_source():
-  with pytest.raises(ValueError, match=r"config.data.source='mnist_5k' is not a known source.*"
-                                       r"allowed are 'mnist5k', 'toy2d', 'folder:<path>'"):
-    _create(_config(source="mnist_5k"))
-
-
-def test_tfds_errors():
-  with tfds.testing.mock_data(num_examples=2):
-    with pytest.raises(ValueError, match=r"config.data.num_classes=5 but source 'cifar10' has 10"):
-      _create(_config(source="cifar10", num_classes=5, channels=3))
-    with pytest.raises(ValueError, match=r"'glue/cola' is not an image-classification dataset"):
-      _create(_config(source="glue/cola", num_classes=2))
-
-
-def test_folder_errors(tmp_path, folder):
-  with pytest.raises(FileNotFoundError, match=r"config.data.source='folder:.*missing'.*is not an "
-                                              r"existing folder"):
-    _create(_config(source=f"folder:{tmp_path / 'missing'}"))
-  (tmp_path / "empty").mkdir()
-  with pytest.raises(ValueError, match=r"has no class sub-folders"):
-    _create(_config(source=f"folder:{tmp_path / 'empty'}"))
-  (tmp_path / "empty" / "only_class" / "sub").mkdir(parents=True)
-  with pytest.raises(ValueError, match=r"class folder .*only_class has no images"):
-    _create(_config(source=f"folder:{tmp_path / 'empty'}"))
-  with pytest.raises(ValueError, match=r"config.data.num_classes=10 but source 'folder:.*' has 2"):
-    _create(_config(source=f"folder:{folder}"))
 
 
 def test_bad_examples():
@@ -316,4 +142,5 @@ def test_bad_batch_and_flip_requests(mnist5k):
   with pytest.raises(ValueError, match=r"step must be >= 0"):
     mnist5k.batch(-1, batch_size=8)
   with pytest.raises(ValueError, match=r"random_flip=True needs images"):
-    _create(_config(source="toy2d", random_flip=True))
+    _create(test_configs.with_data(source="toy2d", random_flip=True))
+

@@ -8,6 +8,7 @@ import pytest
 
 from cfg_jax import checkpointing
 from cfg_jax import runs
+from cfg_jax import test_configs
 from cfg_jax import train
 from cfg_jax import train_test
 
@@ -25,7 +26,7 @@ def test_make_labels():
 
 
 def test_load_run_and_sample_in_batches(tmp_path):
-  config = train_test.toy_config(num_steps=4)
+  config = test_configs.toy2d(num_steps=4)
   train.train_and_evaluate(config, str(tmp_path))
   run = runs.load_run(tmp_path)
   assert run.step == 4 and run.config.model.mlp_hidden == 64
@@ -52,7 +53,7 @@ def test_load_run_of_a_folder_that_is_not_a_run(tmp_path):
 
 
 def test_load_run_reads_past_a_damaged_checkpoint_and_moves_nothing(tmp_path, caplog):
-  train.train_and_evaluate(train_test.toy_config(num_steps=8), str(tmp_path))
+  train.train_and_evaluate(test_configs.toy2d(num_steps=8), str(tmp_path))
   train_test.DAMAGE["truncated array files"](tmp_path / "checkpoints" / "8")
   before = train_test.files_under(tmp_path)
   with caplog.at_level(logging.WARNING):

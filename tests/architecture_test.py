@@ -7,7 +7,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAYERS = {
     1: ("schedules", "diffusion", "guidance", "mixture"),
     2: ("sampling", "xla_options"),
-    3: ("config_lib", "input_pipeline", "extras", "configs"),
+    3: ("config_lib", "input_pipeline", "data_sources", "images", "extras", "configs",
+        "test_configs"),
     4: ("models",),
     5: ("parallel", "checkpointing", "workdir_lock", "files", "metric_writer", "visualization",
         "runtime"),

@@ -23,8 +23,8 @@ from cfg_jax import checkpointing
 from cfg_jax import input_pipeline
 from cfg_jax import metric_writer_test
 from cfg_jax import runs
+from cfg_jax import test_configs
 from cfg_jax import train
-from cfg_jax import train_test
 from cfg_jax import workdir_lock
 
 WORKDIR = "gs://cfg-jax-test/runs/toy2d"
@@ -97,7 +97,7 @@ def test_the_fake_keeps_gs_paths_out_of_the_local_filesystem(fake_gcs):
 
 def test_train_resume_and_sample_with_a_gs_workdir(fake_gcs):
   bucket_run = fake_gcs.root / WORKDIR[len("gs://"):]
-  config = train_test.toy_config(num_steps=4, checkpoint_every=2, sample_every=4, max_to_keep=3)
+  config = test_configs.toy2d(num_steps=4, checkpoint_every=2, sample_every=4, max_to_keep=3)
   config.sampling.w = (0., 1.)
   assert train.train_and_evaluate(config, WORKDIR) == 0
   config.training.num_steps = 6
@@ -133,7 +133,7 @@ def _bucket_files(fake_gcs):
 
 
 def test_readers_of_a_gs_workdir_write_nothing_and_keep_an_in_flight_save(fake_gcs):
-  config = train_test.toy_config(num_steps=4, checkpoint_every=2)
+  config = test_configs.toy2d(num_steps=4, checkpoint_every=2)
   assert train.train_and_evaluate(config, WORKDIR) == 0
   # A save in progress: on Cloud Storage orbax writes the step's folder in place and
   # marks it complete with commit_success.txt last.
@@ -153,7 +153,7 @@ def test_a_trainer_holding_a_gs_workdir_refuses_a_second_one(fake_gcs):
                               "heartbeat": now - 5, "token": "theirs"}))
   with pytest.raises(workdir_lock.WorkdirLockedError,
                      match=rf"^Another trainer is using {WORKDIR}: host tpu-vm-3, pid 42, "):
-    train.train_and_evaluate(train_test.toy_config(num_steps=4), WORKDIR)
+    train.train_and_evaluate(test_configs.toy2d(num_steps=4), WORKDIR)
   assert sorted(os.listdir(fake_gcs.root / WORKDIR[len("gs://"):])) == ["train.lock"]
 
 
@@ -169,7 +169,7 @@ def test_folder_source_on_gs(fake_gcs):
     for i in range(3):
       Image.fromarray(np.full((8, 8), value, np.uint8)).save(
           images / f"class_{label}" / "sub" / f"{i}.png")
-  config = train_test.toy_config()
+  config = test_configs.toy2d()
   config.data.update(source="folder:gs://cfg-jax-test/images", num_classes=2, image_size=8,
                      channels=1)
   dataset = input_pipeline.create_dataset(config)

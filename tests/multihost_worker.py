@@ -33,28 +33,15 @@ import jax
 import numpy as np
 
 from cfg_jax import checkpointing
-from cfg_jax import config_lib
 from cfg_jax import files
 from cfg_jax import input_pipeline
 from cfg_jax import runs
 from cfg_jax import runtime
+from cfg_jax import test_configs
 from cfg_jax import train
 from cfg_jax import workdir_lock
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESUME_AT, NUM_STEPS = 2, 3
-
-
-def small_toy2d_config():
-  """configs/toy2d.py with a small model, batch, dataset and sampler."""
-  config = config_lib.load_config_file(ROOT / "configs" / "toy2d.py")
-  config.data.toy2d_num_examples = 1024
-  config.model.update(mlp_hidden=32, mlp_depth=2)
-  config.training.update(batch_size=16, warmup_steps=1, log_every=1, checkpoint_every=1,
-                         sample_every=1000)
-  # The sample grid at the last step runs on every process: keep it one small batch.
-  config.sampling.update(num_steps=2, w=(1.,), num_per_class=2)
-  return config
 
 
 def _spy(cls, name, record):
@@ -124,7 +111,7 @@ def main(workdir: str, out: str, progress: str) -> None:
   _spy(checkpointing.Checkpointer, "save", lambda self, step, state, meta: final.update(
       step=step, params=_local_copy(state.params), ema=_local_copy(state.ema_params)))
 
-  config = small_toy2d_config()
+  config = test_configs.small_toy2d_preset()
   for num_steps in (RESUME_AT, NUM_STEPS):
     config.training.num_steps = num_steps
     assert train.train_and_evaluate(config, str(workdir)) == 0

@@ -1,27 +1,16 @@
 """Tests of the evaluation classifier: trained once on the run's data, then cached."""
-import ml_collections
 import numpy as np
 
-from cfg_jax import config_lib
 from cfg_jax import input_pipeline
+from cfg_jax import test_configs
 from cfg_jax.evaluation import eval_classifier
 from cfg_jax.evaluation import features
 from cfg_jax.evaluation import real_data
 
 
-def _tiny_classifier_config():
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.model = ml_collections.ConfigDict(dict(channels=(8,), features=16, dropout=0.))
-  config.training = ml_collections.ConfigDict(dict(num_steps=40, batch_size=32,
-                                                   learning_rate=3e-3, holdout=200))
-  return config
-
-
 def test_eval_classifier_trains_once_and_is_cached(tmp_path, monkeypatch):
-  run_config = config_lib.base_config()
-  run_config.data.image_size = 16
-  config = _tiny_classifier_config()
+  run_config = test_configs.with_data(image_size=16)
+  config = test_configs.tiny_eval_classifier(num_steps=40, learning_rate=3e-3, holdout=200)
   net = eval_classifier.eval_classifier_net(config, run_config, cache_root=tmp_path)
   accuracy = net.info["eval_classifier_held_out_accuracy"]
   assert accuracy > 0.5  # 10 classes: chance is 0.1

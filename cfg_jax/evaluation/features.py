@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cfg_jax import input_pipeline
+from cfg_jax import data_sources
 from cfg_jax import mixture
 from cfg_jax import parallel
 from cfg_jax import visualization
@@ -75,7 +75,7 @@ def as_stored(x: np.ndarray) -> np.ndarray:
 
 def points_net(run_config: ml_collections.ConfigDict) -> FeatureNet:
   """toy2d: features are the points, logits log p(c | x) of the exact mixture."""
-  gmm = input_pipeline.toy2d_mixture(run_config)
+  gmm = data_sources.toy2d_mixture(run_config)
   logits_fn = mixture.classifier_fn(gmm)
 
   @jax.jit

@@ -4,20 +4,12 @@ import numpy as np
 import pytest
 
 from cfg_jax import checkpointing
-from cfg_jax import config_lib
 from cfg_jax import evaluation
 from cfg_jax import models
+from cfg_jax import test_configs
 from cfg_jax.evaluation import eval_classifier
 from cfg_jax.evaluation import real_data
 from cfg_jax.evaluation import sweep
-
-
-def _tiny_image_config():
-  config = config_lib.base_config()
-  config.data.image_size = 16
-  config.model.update(ch=8, num_res_blocks=1, ch_mult=(1, 2), attn_resolutions=(), num_heads=1,
-                      dropout=0.)
-  return config
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +20,7 @@ def image_run(tmp_path_factory):
   Its checkpoint holds only what `runs.load_run` restores, the EMA parameters.
   """
   workdir = tmp_path_factory.mktemp("image_run")
-  config = _tiny_image_config()
+  config = test_configs.tiny_image_run()
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda s: rng.normal(0., 0.1, s.shape).astype(s.dtype),
                         models.param_shapes(models.create_model(config), config))
@@ -40,17 +32,9 @@ def image_run(tmp_path_factory):
   return workdir
 
 
-def _tiny_eval_classifier_config():
-  config = config_lib.load_config_file(eval_classifier.DEFAULT_CONFIG)
-  # eval_classifier_test's network, so that the two tests share compiled programs.
-  config.model.update(channels=(8,), features=16, dropout=0.)
-  config.training.update(num_steps=30, batch_size=32, holdout=100)
-  return config
-
-
 def test_image_run_trains_the_eval_classifier_once_and_caches_statistics(image_run, tmp_path,
                                                                         monkeypatch):
-  config = _tiny_eval_classifier_config()
+  config = test_configs.tiny_eval_classifier(num_steps=30, holdout=100)
   rows = evaluation.evaluate(image_run, ws=[0., 1.], num_samples=20, steps=2, out=tmp_path,
                              eval_classifier_config=config, num_real=200, is_splits=2,
                              batch_size=20, feature_batch_size=32)
@@ -89,7 +73,7 @@ def test_errors_name_the_flag(image_run, tmp_path):
   (tmp_path / "bad.pth").write_bytes(b"not the weights")
   with pytest.raises(ValueError, match="--inception_weights=.* has SHA-256"):
     evaluation.evaluate(image_run, ws=[0.], inception_weights=tmp_path / "bad.pth", **kwargs)
-  imagenet = _tiny_image_config()
+  imagenet = test_configs.tiny_image_run()
   imagenet.data.update(source="imagenet_resized/64x64", channels=3, num_classes=1000)
   with pytest.raises(ValueError, match="needs --inception_weights"):
     sweep.make_feature_net(imagenet, inception_weights=None, eval_classifier_config=None,

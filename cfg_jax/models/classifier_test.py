@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from cfg_jax import models
+from cfg_jax import test_configs
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_config, random_like):
-  config = tiny_config("classifier")
+def setup(random_like):
+  config = test_configs.tiny_model("classifier")
   model = models.create_model(config)
   params = random_like(models.param_shapes(model, config))
   z = jax.random.normal(jax.random.key(1), (3, 16, 16, 3))
@@ -37,9 +38,9 @@ def test_logits_depend_on_logsnr_and_are_float32_in_bfloat16(setup):
   assert np.linalg.norm(logits16 - logits) / np.linalg.norm(logits) < 0.03
 
 
-def test_is_the_unet_trunk_with_attention_pooling_at_the_last_resolution(setup, tiny_config):
+def test_is_the_unet_trunk_with_attention_pooling_at_the_last_resolution(setup):
   _, _, params, _ = setup
-  unet_config = tiny_config("unet")
+  unet_config = test_configs.tiny_model("unet")
   unet = models.param_shapes(models.create_model(unet_config), unet_config)
   trunk = {k for k in unet if k.startswith(("conv_in", "down_", "mid_", "logsnr_emb"))}
   assert set(params) == trunk | {"out_norm", "attn_pool"}  # no class embedding, no up path

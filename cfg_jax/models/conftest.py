@@ -1,32 +1,8 @@
-"""Fixtures of the models tests: the presets in configs/, tiny configs, random params, jaxprs."""
-import pathlib
-
+"""Fixtures of the models tests: random params and the equations of jaxprs."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from cfg_jax import config_lib
-
-CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
-
-
-def _load_preset(name):
-  return config_lib.load_config_file(CONFIGS / f"{name}.py")
-
-
-def _tiny_config(name):
-  """A model of each kind (unet, mlp, classifier) that compiles in seconds on a CPU."""
-  config = config_lib.base_config()
-  if name == "mlp":
-    config.data.update(source="toy2d", num_classes=3)
-    config.model.update(name="mlp", mlp_hidden=16, mlp_depth=2, dropout=0.1)
-  else:
-    config.data.update(image_size=16, channels=3, num_classes=3)
-    config.model.update(name=name, ch=8, num_res_blocks=1, ch_mult=(1, 2), attn_resolutions=(8,),
-                        num_heads=2, dropout=0.1, skip_rescale=False)
-  config_lib.validate(config)
-  return config
 
 
 def _random_like(shapes, seed=0):
@@ -52,16 +28,6 @@ def _equations(jaxpr):
         sub = getattr(sub, "jaxpr", sub)
         if hasattr(sub, "eqns"):
           yield from _equations(sub)
-
-
-@pytest.fixture(scope="session")
-def load_preset():
-  return _load_preset
-
-
-@pytest.fixture(scope="session")
-def tiny_config():
-  return _tiny_config
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import pytest
 
 from cfg_jax import config_lib
 from cfg_jax import models
+from cfg_jax import test_configs
 from cfg_jax.models import factory
 
 PRESETS = ("mnist", "toy2d", "imagenet64", "imagenet128", "mnist_classifier",
@@ -24,11 +25,11 @@ EXACT_COUNTS = {"imagenet64": 295_900_035, "imagenet128": 421_523_715,
 
 
 @pytest.fixture(scope="module")
-def build(load_preset):
+def build():
   """name -> (config, model, param shapes) of a preset, traced once per module."""
   @functools.cache
   def build_preset(name):
-    config = load_preset(name)
+    config = test_configs.preset(name)
     model = models.create_model(config)
     return config, model, models.param_shapes(model, config)
   return build_preset
@@ -68,8 +69,8 @@ def test_every_preset_is_valid_and_gives_the_right_output_shape(name, build):
   assert {p.dtype for p in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
 
 
-def test_dummy_inputs(tiny_config):
-  config = tiny_config("unet")
+def test_dummy_inputs():
+  config = test_configs.tiny_model("unet")
   z, logsnr, labels = models.dummy_inputs(models.create_model(config), config, batch_size=3)
   chex.assert_shape([z, logsnr, labels], [(3, 16, 16, 3), (3,), (3,)])
   assert labels.dtype == jnp.int32
@@ -84,11 +85,11 @@ def test_create_model_rejects_unknown_names(field, value, match):
     models.create_model(config)
 
 
-def test_every_model_and_dtype_name_of_the_schema_builds(tiny_config):
+def test_every_model_and_dtype_name_of_the_schema_builds():
   assert set(factory.DTYPES) == set(config_lib.DTYPE_NAMES)
   built = {}
   for name in config_lib.MODEL_NAMES:
-    config = tiny_config(name)
+    config = test_configs.tiny_model(name)
     built[name] = type(models.create_model(config)).__name__
     assert models.is_classifier(config) == (name == "classifier")
   assert built == {"unet": "UNet", "mlp": "MLP", "classifier": "Classifier"}
@@ -108,8 +109,8 @@ def _residual_bytes(fn, params):
 
 @pytest.mark.parametrize("name", ["unet", "mlp"])  # the classifier has the UNet's blocks
 def test_remat_keeps_parameters_loss_and_gradients_and_keeps_fewer_activations(
-    name, tiny_config, random_like):
-  config = tiny_config(name)
+    name, random_like):
+  config = test_configs.tiny_model(name)
   plain = models.create_model(config)
   config.model.remat = True
   config_lib.validate(config)

@@ -7,11 +7,12 @@ import pytest
 
 from cfg_jax import models
 from cfg_jax import sampling
+from cfg_jax import test_configs
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_config, random_like):
-  config = tiny_config("mlp")
+def setup(random_like):
+  config = test_configs.tiny_model("mlp")
   model = models.create_model(config)
   params = random_like(models.param_shapes(model, config))
   return config, model, params

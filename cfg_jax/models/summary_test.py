@@ -2,11 +2,12 @@
 import subprocess
 import sys
 
+from cfg_jax import test_configs
 from cfg_jax.models import summary
 
 
-def test_imagenet64_summary_counts_and_resolutions(load_preset):
-  text = summary.summarize(load_preset("imagenet64"))
+def test_imagenet64_summary_counts_and_resolutions():
+  text = summary.summarize(test_configs.preset("imagenet64"))
   assert text.startswith("UNet (unet): 295,900,035 parameters")
   rows = [line.split() for line in text.splitlines()[4:]]
   assert [r[:2] for r in rows if r[0] == "down"][::2] == [

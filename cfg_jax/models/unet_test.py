@@ -10,14 +10,15 @@ import pytest
 
 from cfg_jax import models
 from cfg_jax import sampling
+from cfg_jax import test_configs
 
 B = 4
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_config, random_like):
+def setup(random_like):
   """(config, model, params with every layer random, inputs) of the tiny UNet."""
-  config = tiny_config("unet")
+  config = test_configs.tiny_model("unet")
   model = models.create_model(config)
   params = random_like(models.param_shapes(model, config))
   z = jax.random.normal(jax.random.key(1), (B, 16, 16, 3))
