@@ -25,7 +25,7 @@ def _tree(folder):
 
 
 def test_a_reader_never_deletes_the_trainers_in_flight_save(tmp_path):
-  train.train_and_evaluate(test_configs.toy2d(num_steps=8), str(tmp_path))
+  train.train(test_configs.toy2d(num_steps=8), str(tmp_path))
   in_flight = tmp_path / "checkpoints" / "12.orbax-checkpoint-tmp-1795397156"
   (in_flight / "state").mkdir(parents=True)
   (in_flight / "state" / "_METADATA").write_text("{}")
@@ -39,7 +39,7 @@ def test_a_reader_never_deletes_the_trainers_in_flight_save(tmp_path):
 
 
 def test_a_reader_of_a_run_without_checkpoints_creates_nothing(tmp_path):
-  train.train_and_evaluate(test_configs.toy2d(num_steps=4), str(tmp_path / "run"))
+  train.train(test_configs.toy2d(num_steps=4), str(tmp_path / "run"))
   (tmp_path / "run" / "checkpoints").rename(tmp_path / "elsewhere")
   with pytest.raises(FileNotFoundError, match=r"--workdir=.*run has no checkpoint yet"):
     runs.load_run(tmp_path / "run")

@@ -17,7 +17,7 @@ def _cli(*args):
 
 
 def test_cli_on_a_toy2d_run_writes_a_row_per_w(tmp_path):
-  train.train_and_evaluate(test_configs.toy2d(num_steps=8), str(tmp_path))
+  train.train(test_configs.toy2d(num_steps=8), str(tmp_path))
   proc = _cli(f"--workdir={tmp_path}", "--w=" + ",".join(f"{w:g}" for w in WS),
               "--num_samples=30", "--steps=4", "--num_real=300", "--is_splits=2",
               "--batch_size=16", "--feature_batch_size=32")
@@ -38,7 +38,7 @@ def test_cli_on_a_toy2d_run_writes_a_row_per_w(tmp_path):
 
 
 def test_step_chooses_the_checkpoint_and_the_cli_lists_the_steps_there_are(tmp_path):
-  train.train_and_evaluate(test_configs.toy2d(num_steps=8), str(tmp_path))
+  train.train(test_configs.toy2d(num_steps=8), str(tmp_path))
   evaluation.evaluate(tmp_path, ws=[1.], num_samples=12, steps=2, step=4, num_real=60, k=2,
                     is_splits=2, batch_size=12, feature_batch_size=12)
   assert f"# Evaluation of {tmp_path.name} at step 4" in (

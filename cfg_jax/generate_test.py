@@ -16,7 +16,7 @@ def _sample(workdir, out, *flags):
 
 
 def test_sample_cli_writes_grids_and_npz_and_interval_outside_equals_w0(tmp_path):
-  train.train_and_evaluate(test_configs.toy2d(num_steps=4), str(tmp_path / "run"))
+  train.train(test_configs.toy2d(num_steps=4), str(tmp_path / "run"))
   done = _sample(tmp_path / "run", tmp_path / "out", "--w=0,1,3", "--per_class=5")
   assert done.returncode == 0, done.stderr[-3000:]
   for w in ("0", "1", "3"):
@@ -33,7 +33,7 @@ def test_sample_cli_writes_grids_and_npz_and_interval_outside_equals_w0(tmp_path
 
 
 def test_sample_cli_rejects_bad_inputs(tmp_path):
-  train.train_and_evaluate(test_configs.toy2d(num_steps=4), str(tmp_path / "run"))
+  train.train(test_configs.toy2d(num_steps=4), str(tmp_path / "run"))
   done = _sample(tmp_path / "run", tmp_path / "out", "--w=nan", "--per_class=1")
   assert done.returncode != 0 and "--w must be finite" in done.stderr
   done = _sample(tmp_path / "run", tmp_path / "out", "--labels=0,7")
@@ -42,7 +42,7 @@ def test_sample_cli_rejects_bad_inputs(tmp_path):
 
 
 def test_sample_cli_step_chooses_the_checkpoint_and_lists_the_steps_there_are(tmp_path):
-  train.train_and_evaluate(test_configs.toy2d(num_steps=8), str(tmp_path / "run"))
+  train.train(test_configs.toy2d(num_steps=8), str(tmp_path / "run"))
   done = _sample(tmp_path / "run", tmp_path / "out", "--w=1", "--per_class=2", "--step=4")
   assert done.returncode == 0, done.stderr[-3000:]
   run = runs.load_run(tmp_path / "run", step=4)

@@ -27,7 +27,7 @@ def test_make_labels():
 
 def test_load_run_and_sample_in_batches(tmp_path):
   config = test_configs.toy2d(num_steps=4)
-  train.train_and_evaluate(config, str(tmp_path))
+  train.train(config, str(tmp_path))
   run = runs.load_run(tmp_path)
   assert run.step == 4 and run.config.model.mlp_hidden == 64
   _, _, state = train_test.final_state(tmp_path)
@@ -53,7 +53,7 @@ def test_load_run_of_a_folder_that_is_not_a_run(tmp_path):
 
 
 def test_load_run_reads_past_a_damaged_checkpoint_and_moves_nothing(tmp_path, caplog):
-  train.train_and_evaluate(test_configs.toy2d(num_steps=8), str(tmp_path))
+  train.train(test_configs.toy2d(num_steps=8), str(tmp_path))
   train_test.DAMAGE["truncated array files"](tmp_path / "checkpoints" / "8")
   before = train_test.files_under(tmp_path)
   with caplog.at_level(logging.WARNING):

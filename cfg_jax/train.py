@@ -223,7 +223,7 @@ def write_sample_grids(config: ml_collections.ConfigDict, model: Any, ema_params
   writer.flush()
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> int:
+def train(config: ml_collections.ConfigDict, workdir: str) -> int:
   """Trains to config.training.num_steps in `workdir`, resuming from its newest checkpoint.
 
   A damaged newest checkpoint is moved aside and the one before it used (see
@@ -234,11 +234,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> int:
   config_lib.validate(config, num_devices=jax.device_count())
   extras.check_path(workdir, flag="--workdir")
   with workdir_lock.hold(workdir):
-    return _train(config, epath.Path(workdir))
+    return _train_in(config, epath.Path(workdir))
 
 
-def _train(config: ml_collections.ConfigDict, workdir: epath.Path) -> int:
-  """`train_and_evaluate` once the config is valid and the workdir is this trainer's."""
+def _train_in(config: ml_collections.ConfigDict, workdir: epath.Path) -> int:
+  """`train` once the config is valid and the workdir is this trainer's."""
   t = config.training
   dataset = input_pipeline.create_dataset(config)
   model = models.create_model(config)
@@ -335,7 +335,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   runtime.set_up_process()
   with runtime.one_line_errors("cfg_jax.train"):
-    return train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+    return train(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ def files_under(folder):
 
 def test_train_writes_checkpoints_events_and_samples(tmp_path):
   config = test_configs.toy2d(num_steps=8, sample_every=8)
-  assert train.train_and_evaluate(config, str(tmp_path)) == 0
+  assert train.train(config, str(tmp_path)) == 0
   step, meta, state = final_state(tmp_path)
   assert step == 8 and meta["data_step"] == 8 and int(state["step"]) == 8
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["4", "8"]
@@ -74,7 +74,7 @@ def test_train_writes_checkpoints_events_and_samples(tmp_path):
 
 def test_loss_falls(tmp_path):
   config = test_configs.toy2d(num_steps=300, batch_size=64, log_every=100, checkpoint_every=1000)
-  train.train_and_evaluate(config, str(tmp_path))
+  train.train(config, str(tmp_path))
   _, _, state = final_state(tmp_path)
   model = models.create_model(config)
   tx, _ = train.create_optimizer(config)
@@ -86,37 +86,37 @@ def test_loss_falls(tmp_path):
 
 
 def test_resume_gives_identical_parameters(tmp_path):
-  train.train_and_evaluate(test_configs.toy2d(num_steps=8), str(tmp_path / "straight"))
-  train.train_and_evaluate(test_configs.toy2d(num_steps=4), str(tmp_path / "resumed"))
-  train.train_and_evaluate(test_configs.toy2d(num_steps=8), str(tmp_path / "resumed"))
+  train.train(test_configs.toy2d(num_steps=8), str(tmp_path / "straight"))
+  train.train(test_configs.toy2d(num_steps=4), str(tmp_path / "resumed"))
+  train.train(test_configs.toy2d(num_steps=8), str(tmp_path / "resumed"))
   _, _, straight = final_state(tmp_path / "straight")
   _, _, resumed = final_state(tmp_path / "resumed")
   jax.tree.map(np.testing.assert_array_equal, straight, resumed)
 
 
 def test_refuses_a_checkpoint_of_another_model(tmp_path):
-  train.train_and_evaluate(test_configs.toy2d(num_steps=4), str(tmp_path))
+  train.train(test_configs.toy2d(num_steps=4), str(tmp_path))
   config = test_configs.toy2d(num_steps=8)
   config.model.mlp_hidden = 32
   with pytest.raises(ValueError, match=r"config.model.mlp_hidden: checkpoint has 64, config has 32"):
-    train.train_and_evaluate(config, str(tmp_path))
+    train.train(config, str(tmp_path))
 
 
 @pytest.fixture(scope="module")
 def straight_to_12(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("straight")
-  train.train_and_evaluate(test_configs.toy2d(num_steps=12), str(workdir))
+  train.train(test_configs.toy2d(num_steps=12), str(workdir))
   return final_state(workdir)[2]
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 def test_a_damaged_latest_checkpoint_is_moved_aside_and_training_resumes_from_the_one_before(
     tmp_path, caplog, straight_to_12, damage):
-  train.train_and_evaluate(test_configs.toy2d(num_steps=8), str(tmp_path))
+  train.train(test_configs.toy2d(num_steps=8), str(tmp_path))
   DAMAGE[damage](tmp_path / "checkpoints" / "8")
   damaged = files_under(tmp_path / "checkpoints" / "8")
   with caplog.at_level(logging.WARNING):
-    assert train.train_and_evaluate(test_configs.toy2d(num_steps=12), str(tmp_path)) == 0
+    assert train.train(test_configs.toy2d(num_steps=12), str(tmp_path)) == 0
   (moved,) = (tmp_path / "damaged_checkpoints").iterdir()
   assert re.fullmatch(r"8-\d{8}T\d{6}Z", moved.name) and files_under(moved) == damaged
   (warning,) = [r.getMessage() for r in caplog.records if "cannot be restored" in r.getMessage()]
@@ -130,12 +130,12 @@ def test_a_damaged_latest_checkpoint_is_moved_aside_and_training_resumes_from_th
 
 
 def test_when_no_checkpoint_restores_training_stops_naming_each_and_changes_nothing(tmp_path):
-  train.train_and_evaluate(test_configs.toy2d(num_steps=8), str(tmp_path))
+  train.train(test_configs.toy2d(num_steps=8), str(tmp_path))
   DAMAGE["truncated array files"](tmp_path / "checkpoints" / "8")
   DAMAGE["missing meta item"](tmp_path / "checkpoints" / "4")
   before = files_under(tmp_path)
   with pytest.raises(checkpointing.CheckpointRestoreError) as error:
-    train.train_and_evaluate(test_configs.toy2d(num_steps=12), str(tmp_path))
+    train.train(test_configs.toy2d(num_steps=12), str(tmp_path))
   assert re.fullmatch(rf"No checkpoint in {tmp_path}/checkpoints can be restored: step 8 "
                       rf"\(ValueError: OUT_OF_RANGE: [^\n]+\); step 4 \(KeyError: Item "
                       rf"\"meta\" was not found [^\n]+\)\. Nothing was moved or deleted[^\n]+",
@@ -144,11 +144,11 @@ def test_when_no_checkpoint_restores_training_stops_naming_each_and_changes_noth
 
 
 def test_a_run_resumes_with_remat_switched_on(tmp_path):
-  train.train_and_evaluate(test_configs.toy2d(num_steps=8), str(tmp_path / "straight"))
-  train.train_and_evaluate(test_configs.toy2d(num_steps=4), str(tmp_path / "resumed"))
+  train.train(test_configs.toy2d(num_steps=8), str(tmp_path / "straight"))
+  train.train(test_configs.toy2d(num_steps=4), str(tmp_path / "resumed"))
   config = test_configs.toy2d(num_steps=8)
   config.model.remat = True  # not part of the checkpoint's signature: same parameters
-  train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  train.train(config, str(tmp_path / "resumed"))
   _, _, straight = final_state(tmp_path / "straight")
   step, _, resumed = final_state(tmp_path / "resumed")
   assert step == 8
@@ -222,29 +222,29 @@ def test_a_bfloat16_step_keeps_parameters_gradients_and_optimizer_state_in_float
     assert floats(tree) == {np.dtype(np.float32)}
 
 
-def _nan_loss(params, model, batch, rng, config, _loss=train.diffusion_loss):
+def nan_loss(params, model, batch, rng, config, _loss=train.diffusion_loss):
   loss, metrics = _loss(params, model, batch, rng, config)
   return loss * np.nan, metrics
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-  train.train_and_evaluate(test_configs.toy2d(num_steps=4), str(tmp_path))
+  train.train(test_configs.toy2d(num_steps=4), str(tmp_path))
   _, _, good = final_state(tmp_path)
-  monkeypatch.setattr(train, "diffusion_loss", _nan_loss)
+  monkeypatch.setattr(train, "diffusion_loss", nan_loss)
   with pytest.raises(train.NonFiniteError, match=r"at step 4; .* checkpoint \(step 4\)"):
-    train.train_and_evaluate(test_configs.toy2d(num_steps=8), str(tmp_path))
+    train.train(test_configs.toy2d(num_steps=8), str(tmp_path))
   step, _, after = final_state(tmp_path)
   assert step == 4
   jax.tree.map(np.testing.assert_array_equal, good, after)
 
 
 def test_nonfinite_skip_leaves_the_parameters_unchanged(tmp_path, monkeypatch):
-  train.train_and_evaluate(test_configs.toy2d(num_steps=4), str(tmp_path))
+  train.train(test_configs.toy2d(num_steps=4), str(tmp_path))
   _, _, good = final_state(tmp_path)
-  monkeypatch.setattr(train, "diffusion_loss", _nan_loss)
+  monkeypatch.setattr(train, "diffusion_loss", nan_loss)
   config = test_configs.toy2d(num_steps=8)
   config.training.nonfinite = "skip"
-  train.train_and_evaluate(config, str(tmp_path))
+  train.train(config, str(tmp_path))
   step, _, after = final_state(tmp_path)
   assert step == 8 and int(after["nonfinite_steps"]) == 4 and int(after["first_nonfinite_step"]) == 4
   jax.tree.map(np.testing.assert_array_equal, good["params"], after["params"])
@@ -252,7 +252,7 @@ def test_nonfinite_skip_leaves_the_parameters_unchanged(tmp_path, monkeypatch):
 
 
 def test_a_failed_checkpoint_write_stops_clearly_and_keeps_earlier_ones(tmp_path, monkeypatch):
-  train.train_and_evaluate(test_configs.toy2d(num_steps=4), str(tmp_path))
+  train.train(test_configs.toy2d(num_steps=4), str(tmp_path))
   _, _, good = final_state(tmp_path)
 
   def full_disk(self, step, *args, **kwargs):
@@ -261,7 +261,7 @@ def test_a_failed_checkpoint_write_stops_clearly_and_keeps_earlier_ones(tmp_path
   monkeypatch.setattr(checkpointing.ocp.CheckpointManager, "save", full_disk)
   with pytest.raises(checkpointing.CheckpointWriteError,
                      match=r"step 8 .*No space left on device.*latest complete: step 4"):
-    train.train_and_evaluate(test_configs.toy2d(num_steps=8), str(tmp_path))
+    train.train(test_configs.toy2d(num_steps=8), str(tmp_path))
   monkeypatch.undo()
   step, _, after = final_state(tmp_path)
   assert step == 4
@@ -325,5 +325,5 @@ def test_invalid_config_fails_before_compiling(tmp_path, field, value, match):
   group, name = field.split(".")
   config[group][name] = value
   with pytest.raises(ValueError, match=match):
-    train.train_and_evaluate(config, str(tmp_path))
+    train.train(config, str(tmp_path))
   assert not (tmp_path / "checkpoints").exists()

@@ -36,7 +36,7 @@ def test_a_second_trainer_is_refused_with_the_first_ones_host_pid_and_start(tmp_
   holder = _write_lock(tmp_path)  # this test process, alive on this host
   lock_text = (tmp_path / "train.lock").read_text()
   with pytest.raises(workdir_lock.WorkdirLockedError) as refused:
-    train.train_and_evaluate(test_configs.toy2d(num_steps=4), str(tmp_path))
+    train.train(test_configs.toy2d(num_steps=4), str(tmp_path))
   since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(holder["start"]))
   assert str(refused.value).startswith(
       f"Another trainer is using {tmp_path}: host {socket.gethostname()}, pid {os.getpid()}, "
@@ -55,7 +55,7 @@ def test_an_abandoned_lock_is_taken_over_with_a_warning(tmp_path, caplog, holder
     holder["pid"] = _dead_pid()
   _write_lock(tmp_path, **holder)
   with caplog.at_level(logging.WARNING):
-    assert train.train_and_evaluate(test_configs.toy2d(num_steps=4), str(tmp_path)) == 0
+    assert train.train(test_configs.toy2d(num_steps=4), str(tmp_path)) == 0
   (warning,) = [r.getMessage() for r in caplog.records if "Taking over" in r.getMessage()]
   assert re.fullmatch(rf"Taking over the lock of {tmp_path}: host [\w.-]+, pid \d+, since "
                       rf"[\d: -]+ UTC \(heartbeat \d+ s ago\); {reason}\.", warning), warning
@@ -66,7 +66,7 @@ def test_another_hosts_lock_with_a_recent_heartbeat_is_respected(tmp_path):
   _write_lock(tmp_path, host="tpu-vm-7", pid=1, heartbeat_age=60.)
   with pytest.raises(workdir_lock.WorkdirLockedError, match=r"host tpu-vm-7, pid 1, .*"
                                                             r"\(heartbeat 60 s ago\)"):
-    train.train_and_evaluate(test_configs.toy2d(num_steps=4), str(tmp_path))
+    train.train(test_configs.toy2d(num_steps=4), str(tmp_path))
 
 
 def test_the_lock_is_held_while_training_and_released_when_it_ends_or_fails(tmp_path,
@@ -78,10 +78,10 @@ def test_the_lock_is_held_while_training_and_released_when_it_ends_or_fails(tmp_
     return check_finite(state, config, checkpointer)
 
   monkeypatch.setattr(train, "check_finite", spy)
-  assert train.train_and_evaluate(test_configs.toy2d(num_steps=4), str(tmp_path / "a")) == 0
-  monkeypatch.setattr(train, "diffusion_loss", train_test._nan_loss)  # pylint: disable=protected-access
+  assert train.train(test_configs.toy2d(num_steps=4), str(tmp_path / "a")) == 0
+  monkeypatch.setattr(train, "diffusion_loss", train_test.nan_loss)  # pylint: disable=protected-access
   with pytest.raises(train.NonFiniteError):
-    train.train_and_evaluate(test_configs.toy2d(num_steps=4), str(tmp_path / "b"))
+    train.train(test_configs.toy2d(num_steps=4), str(tmp_path / "b"))
   assert held and all(held)
   assert not (tmp_path / "a" / "train.lock").exists()
   assert not (tmp_path / "b" / "train.lock").exists()

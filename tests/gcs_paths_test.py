@@ -99,9 +99,9 @@ def test_train_resume_and_sample_with_a_gs_workdir(fake_gcs):
   bucket_run = fake_gcs.root / WORKDIR[len("gs://"):]
   config = test_configs.toy2d(num_steps=4, checkpoint_every=2, sample_every=4, max_to_keep=3)
   config.sampling.w = (0., 1.)
-  assert train.train_and_evaluate(config, WORKDIR) == 0
+  assert train.train(config, WORKDIR) == 0
   config.training.num_steps = 6
-  assert train.train_and_evaluate(config, WORKDIR) == 0  # resumes from step 4
+  assert train.train(config, WORKDIR) == 0  # resumes from step 4
 
   assert sorted(p.name for p in (bucket_run / "checkpoints").iterdir()) == ["2", "4", "6"]
   assert sorted(p.name for p in (bucket_run / "samples").iterdir()) == [
@@ -134,7 +134,7 @@ def _bucket_files(fake_gcs):
 
 def test_readers_of_a_gs_workdir_write_nothing_and_keep_an_in_flight_save(fake_gcs):
   config = test_configs.toy2d(num_steps=4, checkpoint_every=2)
-  assert train.train_and_evaluate(config, WORKDIR) == 0
+  assert train.train(config, WORKDIR) == 0
   # A save in progress: on Cloud Storage orbax writes the step's folder in place and
   # marks it complete with commit_success.txt last.
   in_flight = epath.Path(WORKDIR) / "checkpoints" / "6" / "state"
@@ -153,7 +153,7 @@ def test_a_trainer_holding_a_gs_workdir_refuses_a_second_one(fake_gcs):
                               "heartbeat": now - 5, "token": "theirs"}))
   with pytest.raises(workdir_lock.WorkdirLockedError,
                      match=rf"^Another trainer is using {WORKDIR}: host tpu-vm-3, pid 42, "):
-    train.train_and_evaluate(test_configs.toy2d(num_steps=4), WORKDIR)
+    train.train(test_configs.toy2d(num_steps=4), WORKDIR)
   assert sorted(os.listdir(fake_gcs.root / WORKDIR[len("gs://"):])) == ["train.lock"]
 
 

@@ -5,7 +5,7 @@ r"""One process of tests/multihost_test.py: trains a small toy2d run and dumps w
 Several processes when JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID
 are set: `runtime.set_up_process()` initializes jax.distributed from them, as on a
 cluster. The worker trains to RESUME_AT steps, then to NUM_STEPS in a second
-`train_and_evaluate` (a resume from the checkpoint), then restores the EMA params as
+`train` (a resume from the checkpoint), then restores the EMA params as
 `cfg_jax.generate` does. Last it starts an endless run in WORKDIR_preempted, writing each
 step it reaches to the file PROGRESS, until the test sends SIGTERM (to one process of
 the job). OUT.npz holds, for this process:
@@ -91,7 +91,7 @@ def _run_until_preempted(config, workdir: str, progress: pathlib.Path) -> tuple[
   report = lambda self, step: progress.write_text(str(step))
   _spy(train._Preemption, "reached", report)  # pylint: disable=protected-access
   config.training.update(num_steps=10**6, checkpoint_every=10**6, log_every=10**6)
-  return train.train_and_evaluate(config, workdir + "_preempted"), saved
+  return train.train(config, workdir + "_preempted"), saved
 
 
 def main(workdir: str, out: str, progress: str) -> None:
@@ -114,7 +114,7 @@ def main(workdir: str, out: str, progress: str) -> None:
   config = test_configs.small_toy2d_preset()
   for num_steps in (RESUME_AT, NUM_STEPS):
     config.training.num_steps = num_steps
-    assert train.train_and_evaluate(config, str(workdir)) == 0
+    assert train.train(config, str(workdir)) == 0
   restored = runs.load_run(workdir)
   assert final["step"] == restored.step == NUM_STEPS, (final["step"], restored.step)
 
