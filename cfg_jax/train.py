@@ -158,7 +158,7 @@ class NonFiniteError(RuntimeError):
   """The loss or gradient became NaN/inf and config.training.nonfinite is 'stop'."""
 
 
-class _Preemption:
+class Preemption:
   """Whether to stop for preemption after a step: SIGTERM, agreed on by every host.
 
   One host: a SIGTERM handler sets a flag. Several hosts: jax's preemption sync point,
@@ -270,7 +270,7 @@ def _train_in(config: ml_collections.ConfigDict, workdir: epath.Path) -> int:
   if step == 0:
     writer.write_hparams(config_lib.flatten(config))
   meta = {"signature": checkpointing.signature(config)}
-  preemption = _Preemption()
+  preemption = Preemption()
   pending_metrics, last_log = [], (time.perf_counter(), step)
   exit_code = 0
   try:

@@ -34,7 +34,7 @@ import numpy as np
 
 from cfg_jax import checkpointing
 from cfg_jax import files
-from cfg_jax import input_pipeline
+from cfg_jax import data_sources
 from cfg_jax import runs
 from cfg_jax import runtime
 from cfg_jax import test_configs
@@ -66,22 +66,20 @@ def _flat(prefix, tree):
 
 
 def _record_rows(rows):
-  """Wraps input_pipeline.create_dataset so that its reader logs the rows it reads."""
-  create = input_pipeline.create_dataset
+  """Wraps data_sources.open_source so that the dataset's reader logs the rows it reads."""
+  open_source = data_sources.open_source
 
-  def create_spying(config, **kwargs):
-    dataset = create(config, **kwargs)
-    read = dataset._read  # pylint: disable=protected-access
+  def open_spying(config, shape):
+    read, size = open_source(config, shape)
 
     def spying_read(indices):
       x, labels = read(indices)
       rows.append((np.array(indices), np.array(labels), np.array(x)))
       return x, labels
 
-    dataset._read = spying_read  # pylint: disable=protected-access
-    return dataset
+    return spying_read, size
 
-  input_pipeline.create_dataset = create_spying
+  data_sources.open_source = open_spying
 
 
 def _run_until_preempted(config, workdir: str, progress: pathlib.Path) -> tuple[int, list[int]]:
@@ -89,7 +87,7 @@ def _run_until_preempted(config, workdir: str, progress: pathlib.Path) -> tuple[
   saved = []
   _spy(checkpointing.Checkpointer, "save", lambda self, step, state, meta: saved.append(step))
   report = lambda self, step: progress.write_text(str(step))
-  _spy(train._Preemption, "reached", report)  # pylint: disable=protected-access
+  _spy(train.Preemption, "reached", report)
   config.training.update(num_steps=10**6, checkpoint_every=10**6, log_every=10**6)
   return train.train(config, workdir + "_preempted"), saved
 
