@@ -6,7 +6,7 @@ signature). The signature (model, diffusion and data-shape fields of the config)
 compared before any array is read, so a workdir holding another model is refused with a
 clear message instead of failing deep inside orbax.
 
-Only the trainer writes: sample, evaluate and `runs.load_run` open the checkpoints
+Only the trainer writes: generate, evaluate and `runs.load_run` open the checkpoints
 read-only (`Checkpointer(workdir, read_only=True)`), which neither creates folders nor
 removes orbax's temporary folders, so reading a run while it trains, saves or is killed
 never disturbs it. A checkpoint that cannot be restored (missing or truncated files,
@@ -75,7 +75,7 @@ def signature(config: ml_collections.ConfigDict) -> dict[str, Any]:
 class Checkpointer:
   """Saves and restores `(state, meta)` under `<workdir>/checkpoints`, keeping `max_to_keep`.
 
-  `read_only=True` (sample, evaluate): restores only; creates, writes and deletes nothing,
+  `read_only=True` (generate, evaluate): restores only; creates, writes and deletes nothing,
   not even the temporary folders of a save in progress, and lists the steps without
   reading each one's metadata (which the trainer may be deleting).
   """
@@ -243,7 +243,7 @@ CONFIG_FILE = "config.json"
 
 
 def save_config(workdir: epath.PathLike, config: ml_collections.ConfigDict) -> None:
-  """Writes the run's config beside its checkpoints (process 0 only), for sample/evaluate."""
+  """Writes the run's config beside its checkpoints (process 0 only), for generate/evaluate."""
   if jax.process_index() == 0:
     path = epath.Path(workdir) / CONFIG_FILE
     path.parent.mkdir(parents=True, exist_ok=True)

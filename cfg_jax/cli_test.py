@@ -1,4 +1,4 @@
-"""The flag parsing shared by the sample and evaluate CLIs."""
+"""The flag parsing shared by the generate and evaluate CLIs."""
 from absl import app
 import pytest
 

@@ -1,4 +1,4 @@
-"""The sample CLI on a tiny trained run: grids and npz per w, guidance interval, errors."""
+"""The generate CLI on a tiny trained run: grids and npz per w, guidance interval, errors."""
 import subprocess
 import sys
 
@@ -15,7 +15,7 @@ def _sample(workdir, out, *flags):
                         capture_output=True, text=True, timeout=600)
 
 
-def test_sample_cli_writes_grids_and_npz_and_interval_outside_equals_w0(tmp_path):
+def test_generate_cli_writes_grids_and_npz_and_interval_outside_equals_w0(tmp_path):
   train.train(test_configs.toy2d(num_steps=4), str(tmp_path / "run"))
   done = _sample(tmp_path / "run", tmp_path / "out", "--w=0,1,3", "--per_class=5")
   assert done.returncode == 0, done.stderr[-3000:]
@@ -32,7 +32,7 @@ def test_sample_cli_writes_grids_and_npz_and_interval_outside_equals_w0(tmp_path
     np.testing.assert_array_equal(a["points"], b["points"])
 
 
-def test_sample_cli_rejects_bad_inputs(tmp_path):
+def test_generate_cli_rejects_bad_inputs(tmp_path):
   train.train(test_configs.toy2d(num_steps=4), str(tmp_path / "run"))
   done = _sample(tmp_path / "run", tmp_path / "out", "--w=nan", "--per_class=1")
   assert done.returncode != 0 and "--w must be finite" in done.stderr
@@ -41,7 +41,7 @@ def test_sample_cli_rejects_bad_inputs(tmp_path):
   assert not (tmp_path / "out").exists()
 
 
-def test_sample_cli_step_chooses_the_checkpoint_and_lists_the_steps_there_are(tmp_path):
+def test_generate_cli_step_chooses_the_checkpoint_and_lists_the_steps_there_are(tmp_path):
   train.train(test_configs.toy2d(num_steps=8), str(tmp_path / "run"))
   done = _sample(tmp_path / "run", tmp_path / "out", "--w=1", "--per_class=2", "--step=4")
   assert done.returncode == 0, done.stderr[-3000:]

@@ -1,6 +1,6 @@
 """A trained run: restore it, build its sampler, sample in device batches, write outputs.
 
-Shared by the sample and evaluate CLIs and by the training loop's sample grids.
+Shared by the generate and evaluate CLIs and by the training loop's sample grids.
 """
 from __future__ import annotations
 

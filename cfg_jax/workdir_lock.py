@@ -11,7 +11,7 @@ On local disk the file is created complete and exclusively (written under a temp
 name, then hard-linked to `train.lock`, which fails if it exists), so of two trainers
 starting at once exactly one gets it. Cloud Storage has no exclusive create through
 etils.epath: on gs:// the check and the write are two steps, so two trainers started
-within the same moment may both start. Readers (sample, evaluate) ignore the lock.
+within the same moment may both start. Readers (generate, evaluate) ignore the lock.
 """
 from __future__ import annotations
 

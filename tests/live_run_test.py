@@ -1,7 +1,7 @@
 """A run that others read while it trains: samples and restores never disturb it.
 
 The trainer (toy2d through the CLI) saves every few steps, so that a save is in progress
-most of the time; meanwhile the sample CLI and `runs.load_run` read the workdir again and
+most of the time; meanwhile the generate CLI and `runs.load_run` read the workdir again and
 again, and a second trainer started on the same workdir is refused. The run must finish
 with exit code 0 and the parameters of a run that nobody read.
 """
