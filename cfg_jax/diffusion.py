@@ -1,4 +1,4 @@
-"""The forward process, its posterior and the reverse step, in log-SNR λ (Ho & Salimans, section 2).
+"""The forward process, its posterior and the reverse step, in log-SNR λ (Ho & Salimans, §2).
 
 `logsnr` arrays are per example ([B]) and broadcast against z and x of shape [B, ...].
 Every transition goes from λ to λ' with λ < λ' (noisier to cleaner, the sampling

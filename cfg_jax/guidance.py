@@ -1,7 +1,7 @@
 """Guidance: the classifier-free mix of Ho & Salimans and the classifier gradient of ADM.
 
-Classifier-free (Ho & Salimans, Algorithm 2): out = (1 + w) out(z, c) - w out(z, ∅), both halves from
-one pass of the network on the doubled batch.
+Classifier-free (Ho & Salimans, Algorithm 2): out = (1 + w) out(z, c) - w out(z, ∅), both
+halves from one pass of the network on the doubled batch.
 
 Classifier guidance (Dhariwal & Nichol): g = s ∇_z log p_φ(c | z_λ, λ).
 The stochastic sampler shifts the reverse-step mean by (reverse variance) · g

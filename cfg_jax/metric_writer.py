@@ -85,7 +85,8 @@ class SummaryWriter:
                          f"{image.dtype} {image.shape}.")
       height, width, channels = image.shape
       values.append(summary_pb2.Summary.Value(tag=tag, image=summary_pb2.Summary.Image(
-          height=height, width=width, colorspace=channels, encoded_image_string=visualization.png_bytes(image))))
+          height=height, width=width, colorspace=channels,
+          encoded_image_string=visualization.png_bytes(image))))
     self._add_values(step, values)
 
   def write_texts(self, step: int, texts: Mapping[str, str]) -> None:

@@ -200,7 +200,8 @@ def check_finite(state: TrainState, config: ml_collections.ConfigDict,
 
 
 def write_sample_grids(config: ml_collections.ConfigDict, model: Any, ema_params: Any,
-                       workdir: epath.Path, step: int, writer: metric_writer.SummaryWriter) -> None:
+                       workdir: epath.Path, step: int,
+                       writer: metric_writer.SummaryWriter) -> None:
   """A PNG grid (one row per class) of EMA samples per w of config.sampling.w.
 
   Each grid goes to `workdir/samples/` and to TensorBoard (tag `samples/w<w>`).

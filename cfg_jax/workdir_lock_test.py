@@ -79,7 +79,7 @@ def test_the_lock_is_held_while_training_and_released_when_it_ends_or_fails(tmp_
 
   monkeypatch.setattr(train, "check_finite", spy)
   assert train.train(test_configs.toy2d(num_steps=4), str(tmp_path / "a")) == 0
-  monkeypatch.setattr(train, "diffusion_loss", train_test.nan_loss)  # pylint: disable=protected-access
+  monkeypatch.setattr(train, "diffusion_loss", train_test.nan_loss)
   with pytest.raises(train.NonFiniteError):
     train.train(test_configs.toy2d(num_steps=4), str(tmp_path / "b"))
   assert held and all(held)
