@@ -10,11 +10,18 @@ appears once fully uploaded.
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 
 from etils import epath
 
 TMP_MARK = ".tmp-"  # what names the temporary files: <name>.tmp-<16 hex digits>
+
+
+def is_local(path: epath.PathLike) -> bool:
+  """Whether `path` is on a local filesystem (appends, hard links), not an object store
+  such as gs://."""
+  return "://" not in os.fspath(path)
 
 
 def write_bytes_atomic(path: epath.PathLike, data: bytes) -> None:

@@ -79,3 +79,8 @@ def test_every_cli_output_keeps_its_previous_version_when_the_disk_fills(tmp_pat
   with pytest.raises(OSError, match="No space left"):
     write(tmp_path, 7)
   assert _contents(tmp_path) == before
+
+
+def test_is_local_tells_local_paths_from_object_stores(tmp_path):
+  assert files.is_local(tmp_path) and files.is_local("runs/mnist")
+  assert not files.is_local("gs://bucket/run") and not files.is_local(epath.Path("s3://b/r"))

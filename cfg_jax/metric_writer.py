@@ -24,6 +24,7 @@ from tensorboard.compat.proto import tensor_pb2
 from tensorboard.compat.proto import tensor_shape_pb2
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 
+from cfg_jax import files
 from cfg_jax import visualization
 
 
@@ -57,7 +58,7 @@ class SummaryWriter:
     logdir.mkdir(parents=True, exist_ok=True)
     self.path = logdir / (f"events.out.tfevents.{int(time.time()):010d}."
                           f"{socket.gethostname()}.{os.getpid()}.{next(_FILE_NUMBERS)}")
-    self._appendable = "://" not in str(self.path)
+    self._appendable = files.is_local(self.path)
     self._add(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
     self.flush()
 

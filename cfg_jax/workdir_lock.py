@@ -102,7 +102,7 @@ class WorkdirLock:
   def _create(self) -> bool:
     """Writes our lock if there is none; False if another appeared first."""
     text = json.dumps(self._record)
-    if "://" not in os.fspath(self.path):  # local disk
+    if files.is_local(self.path):
       tmp = self.path.with_name(f"{LOCK_FILE}{files.TMP_MARK}{self._record['token']}")
       tmp.write_text(text)
       try:
