@@ -189,10 +189,10 @@ def guided_eps(model: torch.nn.Module, z: torch.Tensor, t, labels: torch.Tensor,
 
   t: a scalar timestep or one per example.
   """
-  t = torch.as_tensor(t)
+  t = torch.as_tensor(t, device=z.device)
   if t.ndim == 1:
     t = torch.cat([t, t])
-  labels = torch.as_tensor(labels, dtype=torch.long)
+  labels = torch.as_tensor(labels, dtype=torch.long, device=z.device)
   eps = model(torch.cat([z, z]), t,
               class_labels=torch.cat([labels, torch.full_like(labels, NULL)])).sample
   eps_c, eps_u = eps.chunk(2)
@@ -218,9 +218,11 @@ def sample(model: torch.nn.Module, labels: np.ndarray, *, w: float, sampler: str
            seed: int = 0, batch_size: int = 500) -> np.ndarray:
   """Guided samples for labels: uint8 [N, 32, 32, 1] NHWC.
 
-  The noise comes from one generator seeded with `seed`, drawn batch by batch.
+  The noise comes from one CPU generator seeded with `seed`, drawn batch by batch, so a
+  seed gives the same noise on the model's device, whichever it is.
   """
   model.eval()
+  device = next(model.parameters()).device
   labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
   gen = torch.Generator().manual_seed(seed)
   out = []
@@ -228,12 +230,12 @@ def sample(model: torch.nn.Module, labels: np.ndarray, *, w: float, sampler: str
     for i in range(0, len(labels), batch_size):
       c = labels[i:i + batch_size]
       scheduler = make_sampler(sampler, steps)
-      z = torch.randn(len(c), 1, IMAGE_SIZE, IMAGE_SIZE, generator=gen)
+      z = torch.randn(len(c), 1, IMAGE_SIZE, IMAGE_SIZE, generator=gen).to(device)
       for t in scheduler.timesteps:
         eps = guided_eps(model, z, t, c, w)
         kwargs = {"eta": 0.} if sampler == "ddim" else {}
         z = scheduler.step(eps, t, z, generator=gen, **kwargs).prev_sample
-      out.append(to_uint8(z.permute(0, 2, 3, 1).numpy()))
+      out.append(to_uint8(z.permute(0, 2, 3, 1).cpu().numpy()))
   return np.concatenate(out) if out else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 1), np.uint8)
 
 
@@ -340,7 +342,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.error(f"--config: {args.config!r} is not a train_log.json ({e})")
   labels = _npz("--labels", args.labels, ("label",), parser)["label"]
   _check_labels("--labels", labels, parser)
-  model = load_model(args.checkpoint, args.config)
+  model = load_model(args.checkpoint, args.config).to(
+      "cuda" if torch.cuda.is_available() else "cpu")
   x = np.stack([sample(model, labels, w=w, sampler=args.sampler, steps=args.steps,
                        seed=args.seed, batch_size=args.batch_size) for w in ws])
   tmp = args.out + ".tmp.npz"

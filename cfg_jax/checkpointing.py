@@ -52,9 +52,13 @@ SIGNATURE_FIELDS = {
     "diffusion": ("prediction",),
     "data": ("image_size", "channels", "num_classes"),
 }
-# Fields that change how the parameters are computed with, not what they are: a run may
-# resume with them changed (and checkpoints written before they existed still match).
-NOT_IN_SIGNATURE = ("model.remat",)
+# Fields that change how the parameters are computed with or how they start, not what they
+# are: a run may resume with them changed (and checkpoints written before they existed
+# still match).
+NOT_IN_SIGNATURE = ("model.remat", "model.label_emb_std")
+# Signature fields added after checkpoints were first written: the value that a checkpoint
+# without the field was written with.
+ADDED_FIELDS = {"model.logsnr_emb_ch": 0}
 
 
 def signature(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -262,6 +266,7 @@ def load_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
 
 def check_signature(saved: dict[str, Any], current: dict[str, Any], where: Any) -> None:
   """Refuses to restore a checkpoint of a different model; names every differing field."""
+  saved = ADDED_FIELDS | saved
   diffs = [f"config.{k}: checkpoint has {saved.get(k)!r}, config has {current.get(k)!r}"
            for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
   if diffs:

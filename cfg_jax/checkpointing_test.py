@@ -82,3 +82,16 @@ def test_a_failed_write_names_its_cause(tmp_path, monkeypatch, error, cause):
       message)
   assert "tensorstore_spec" not in message
   assert re.search(cause, message), message
+
+
+def test_a_checkpoint_from_before_a_field_existed_matches_its_old_value():
+  config = test_configs.tiny_model("unet")
+  saved = checkpointing.signature(config)
+  del saved["model.logsnr_emb_ch"]  # written before the field existed: the width was ch
+  checkpointing.check_signature(saved, checkpointing.signature(config), "old")
+  config.model.logsnr_emb_ch = 32
+  with pytest.raises(checkpointing.ModelMismatchError,
+                     match=r"config.model.logsnr_emb_ch: checkpoint has 0, config has 32"):
+    checkpointing.check_signature(saved, checkpointing.signature(config), "old")
+  config.model.label_emb_std = 0.5  # how the table starts: not part of the signature
+  assert "model.label_emb_std" not in checkpointing.signature(config)

@@ -18,6 +18,7 @@ from cfg_jax import schedules
 # The networks (built by models.factory) and the compute dtypes a config may name.
 MODEL_NAMES = ("unet", "mlp", "classifier")
 DTYPE_NAMES = ("float32", "bfloat16")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def load_config_file(path: epath.PathLike, *, flag: str = "--config"
@@ -63,6 +64,8 @@ def base_config() -> ml_collections.ConfigDict:
   model.skip_rescale = True    # scale residual sums by 1/sqrt(2)
   model.dtype = "float32"      # compute dtype; params stay float32
   model.remat = False          # recompute blocks in the backward pass: less memory, more compute
+  model.logsnr_emb_ch = 0      # width of λ's sinusoidal embedding; 0 = ch (mlp: mlp_hidden)
+  model.label_emb_std = 1.     # initial std of the class table (ADM's nn.Embedding: 1)
   model.mlp_hidden = 256       # mlp only
   model.mlp_depth = 4          # mlp only
 
@@ -77,6 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
   training.p_uncond = 0.1
   training.learning_rate = 2e-4
   training.warmup_steps = 500
+  training.lr_schedule = "constant"  # after warmup: constant | cosine (to 0 at num_steps)
   training.grad_clip_norm = 1.0
   training.weight_decay = 0.0
   training.adam_b1 = 0.9
@@ -160,6 +164,9 @@ RULES = {
     "model.skip_rescale": _BOOL,
     "model.dtype": _one_of(*DTYPE_NAMES),
     "model.remat": _BOOL,
+    "model.logsnr_emb_ch": ((lambda x: _is_int(x) and x >= 0 and x % 2 == 0),
+                            "0 (tied to ch) or an even int >= 2"),
+    "model.label_emb_std": _POSITIVE,
     "model.mlp_hidden": _int_at_least(1),
     "model.mlp_depth": _int_at_least(1),
     "diffusion.logsnr_min": _real_in(-math.inf, math.inf, lo_open=True, hi_open=True),
@@ -170,6 +177,7 @@ RULES = {
     "training.p_uncond": _real_in(0, 1),
     "training.learning_rate": _POSITIVE,
     "training.warmup_steps": _int_at_least(0),
+    "training.lr_schedule": _one_of(*LR_SCHEDULES),
     "training.grad_clip_norm": _POSITIVE,
     "training.weight_decay": _NON_NEGATIVE,
     "training.adam_b1": _real_in(0, 1, hi_open=True),
@@ -251,6 +259,11 @@ def _validate_relations(config: ml_collections.ConfigDict, num_devices: int) -> 
   if config.training.batch_size % num_devices:
     raise ValueError(f"config.training.batch_size={config.training.batch_size} must be divisible "
                      f"by the number of devices ({num_devices}).")
+  t = config.training
+  if t.lr_schedule == "cosine" and t.warmup_steps >= t.num_steps:
+    raise ValueError(f"config.training.warmup_steps={t.warmup_steps} must be below "
+                     f"config.training.num_steps={t.num_steps} with lr_schedule='cosine', "
+                     f"which decays from the end of warmup to num_steps.")
   toy = d.source == "toy2d"
   if toy != (m.name == "mlp"):
     raise ValueError(f"config.model.name={m.name!r} does not fit config.data.source={d.source!r}:"

@@ -19,6 +19,8 @@ def test_base_config_is_valid_and_fully_covered_by_rules():
     ("data.toy2d_std", 0.),
     ("model.name", "resnet"), ("model.ch", 0), ("model.ch_mult", ()), ("model.ch_mult", (1, 0)),
     ("model.num_head_channels", 0), ("model.dropout", 1.), ("model.dtype", "float16"),
+    ("model.logsnr_emb_ch", 7), ("model.logsnr_emb_ch", -2), ("model.label_emb_std", 0.),
+    ("training.lr_schedule", "linear"),
     ("diffusion.logsnr_min", math.nan), ("diffusion.prediction", "score"),
     ("training.num_steps", 0), ("training.p_uncond", 1.5), ("training.p_uncond", -0.1),
     ("training.learning_rate", 0.), ("training.learning_rate", math.inf),
@@ -59,6 +61,8 @@ def test_unknown_and_missing_fields():
     (dict(model=dict(num_heads=3)), 1, r"does not split into whole heads"),
     (dict(diffusion=dict(logsnr_min=5., logsnr_max=5.)), 1, r"logsnr_min=5.0 must be <"),
     (dict(model=dict(name="mlp")), 1, r"config.model.name='mlp' does not fit"),
+    (dict(training=dict(lr_schedule="cosine", num_steps=500, warmup_steps=500)), 1,
+     r"config.training.warmup_steps=500 must be below config.training.num_steps=500"),
 ])
 def test_relations_between_fields(change, num_devices, match):
   config = config_lib.base_config()

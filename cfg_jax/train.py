@@ -68,11 +68,14 @@ class TrainState:
 
 def create_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation,
                                                                optax.Schedule]:
-  """Adam(W) with linear warmup to a constant rate, after clipping the global gradient norm."""
+  """Adam(W) after clipping the global gradient norm; its rate warms up linearly, then stays
+  constant or (lr_schedule 'cosine') follows a half cosine to 0 at num_steps."""
   t = config.training
-  schedule = optax.join_schedules(
-      [optax.linear_schedule(0., t.learning_rate, max(t.warmup_steps, 1)),
-       optax.constant_schedule(t.learning_rate)], [max(t.warmup_steps, 1)])
+  warmup = max(t.warmup_steps, 1)
+  after = (optax.constant_schedule(t.learning_rate) if t.lr_schedule == "constant" else
+           optax.cosine_decay_schedule(t.learning_rate, max(t.num_steps - warmup, 1)))
+  schedule = optax.join_schedules([optax.linear_schedule(0., t.learning_rate, warmup), after],
+                                  [warmup])
   tx = optax.chain(optax.clip_by_global_norm(t.grad_clip_norm),
                    optax.adamw(schedule, b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps,
                                weight_decay=t.weight_decay))

@@ -156,6 +156,18 @@ def test_a_run_resumes_with_remat_switched_on(tmp_path):
                resumed, straight)
 
 
+@pytest.mark.parametrize("lr_schedule,rates", [
+    ("constant", {0: 0., 5: 0.5, 10: 1., 60: 1., 110: 1., 500: 1.}),
+    ("cosine", {0: 0., 5: 0.5, 10: 1., 60: 0.5, 110: 0., 500: 0.}),
+])
+def test_learning_rate_warms_up_then_is_constant_or_cosine(lr_schedule, rates):
+  config = test_configs.toy2d(num_steps=110)
+  config.training.update(learning_rate=1., warmup_steps=10, lr_schedule=lr_schedule)
+  _, schedule = train.create_optimizer(config)
+  for step, rate in rates.items():
+    np.testing.assert_allclose(float(schedule(step)), rate, atol=1e-6, err_msg=f"step {step}")
+
+
 def test_p_uncond_replaces_labels_with_null():
   config = test_configs.toy2d()
   seen = {}

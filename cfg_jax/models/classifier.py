@@ -23,7 +23,7 @@ class Classifier(unet.ADMBase):
   def __call__(self, z: Array, logsnr: Array, *, train: bool) -> Array:
     """float32 logits [B, num_classes] for z [B, H, W, C] and logsnr float [B]."""
     self._check_inputs(z, logsnr)
-    emb = layers.LogSNREmbedding(self.ch, self.emb_dim, name="logsnr_emb")(logsnr)
+    emb = layers.LogSNREmbedding(self.sinusoid_dim, self.emb_dim, name="logsnr_emb")(logsnr)
     h, _ = self._encode(z, emb, train=train)
     h = self._out_norm(h)
     heads = layers.num_heads_for(h.shape[-1], num_heads=self.num_heads,

@@ -40,13 +40,21 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
   num_classes = config.data.num_classes
   if m.name == "mlp":
     return MLP(num_classes, hidden=m.mlp_hidden, depth=m.mlp_depth, dropout=m.dropout,
-               dtype=dtype, remat=m.remat)
-  cls = Classifier if is_classifier(config) else UNet
-  return cls(num_classes, ch=m.ch, num_res_blocks=m.num_res_blocks, ch_mult=tuple(m.ch_mult),
-             attn_resolutions=tuple(m.attn_resolutions), num_heads=m.num_heads,
-             num_head_channels=m.num_head_channels, dropout=m.dropout,
-             resblock_updown=m.resblock_updown, skip_rescale=m.skip_rescale, dtype=dtype,
-             remat=m.remat)
+               dtype=dtype, remat=m.remat, logsnr_emb_ch=m.logsnr_emb_ch,
+               label_emb_std=m.label_emb_std)
+  if is_classifier(config):
+    return Classifier(num_classes, logsnr_emb_ch=m.logsnr_emb_ch, **_adm_fields(m, dtype))
+  return UNet(num_classes, logsnr_emb_ch=m.logsnr_emb_ch, label_emb_std=m.label_emb_std,
+              **_adm_fields(m, dtype))
+
+
+def _adm_fields(m: ml_collections.ConfigDict, dtype: Any) -> dict[str, Any]:
+  """The `unet.ADMBase` hyperparameters that the UNet and its classifier share."""
+  return dict(ch=m.ch, num_res_blocks=m.num_res_blocks, ch_mult=tuple(m.ch_mult),
+              attn_resolutions=tuple(m.attn_resolutions), num_heads=m.num_heads,
+              num_head_channels=m.num_head_channels, dropout=m.dropout,
+              resblock_updown=m.resblock_updown, skip_rescale=m.skip_rescale, dtype=dtype,
+              remat=m.remat)
 
 
 def dummy_inputs(model: nn.Module, config: ml_collections.ConfigDict, *,

@@ -100,14 +100,17 @@ class LogSNREmbedding(nn.Module):
     return nn.Dense(self.emb_dim, name="dense_1")(nn.silu(h))
 
 
-def embed_condition(logsnr: Array, labels: Array, *, ch: int, emb_dim: int,
-                    num_classes: int) -> Array:
+def embed_condition(logsnr: Array, labels: Array, *, ch: int, emb_dim: int, num_classes: int,
+                    label_emb_std: float = 1.) -> Array:
   """The ε-networks' embedding: LogSNREmbedding(λ) + a learned class embedding, float32.
 
-  The class table has num_classes + 1 rows; the last, label `num_classes`, is ∅.
+  The class table has num_classes + 1 rows; the last, label `num_classes`, is ∅. Its
+  entries start N(0, label_emb_std²); ADM's (PyTorch's nn.Embedding) start N(0, 1).
   """
   emb = LogSNREmbedding(ch, emb_dim, name="logsnr_emb")(logsnr)
-  return emb + nn.Embed(num_classes + 1, emb_dim, name="label_emb")(labels)
+  table = nn.Embed(num_classes + 1, emb_dim, embedding_init=nn.initializers.normal(label_emb_std),
+                   name="label_emb")
+  return emb + table(labels)
 
 
 def scale_shift(h: Array, emb: Array, *, dtype: Dtype, name: str) -> Array:

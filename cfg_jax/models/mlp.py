@@ -49,6 +49,8 @@ class MLP(nn.Module):
     dropout: in every block, active only when train=True.
     dtype: compute dtype of the blocks.
     remat: recompute each block's activations in the backward pass (`nn.remat`).
+    logsnr_emb_ch: width of λ's sinusoidal embedding; 0 ties it to hidden.
+    label_emb_std: std of the class table's initial entries.
   """
   num_classes: int
   hidden: int = 256
@@ -56,6 +58,8 @@ class MLP(nn.Module):
   dropout: float = 0.
   dtype: layers.Dtype = jnp.float32
   remat: bool = False
+  logsnr_emb_ch: int = 0
+  label_emb_std: float = 1.
 
   @nn.compact
   def __call__(self, z: Array, logsnr: Array, labels: Array, *, train: bool) -> Array:
@@ -63,8 +67,9 @@ class MLP(nn.Module):
     chex.assert_rank(z, 2)
     chex.assert_shape([logsnr, labels], (z.shape[0],))
     chex.assert_type(labels, int)
-    emb = layers.embed_condition(logsnr, labels, ch=self.hidden, emb_dim=self.hidden,
-                                 num_classes=self.num_classes)
+    emb = layers.embed_condition(logsnr, labels, ch=self.logsnr_emb_ch or self.hidden,
+                                 emb_dim=self.hidden, num_classes=self.num_classes,
+                                 label_emb_std=self.label_emb_std)
     h = nn.Dense(self.hidden, dtype=self.dtype, name="dense_in")(z.astype(self.dtype))
     block = layers.maybe_remat(MLPBlock, self.remat, static_argnums=(3,))
     for i in range(self.depth):

@@ -43,6 +43,9 @@ class ADMBase(nn.Module):
     dtype: compute dtype of the torso.
     remat: recompute each residual and attention block in the backward pass (`nn.remat`):
       less activation memory for about one more forward pass of compute.
+    logsnr_emb_ch: width of λ's sinusoidal embedding (logsnr_emb_ch / 2 frequencies);
+      0 ties it to ch, as ADM does.
+    label_emb_std: std of the class table's initial entries (UNet only).
   """
   num_classes: int
   ch: int = 128
@@ -56,10 +59,16 @@ class ADMBase(nn.Module):
   skip_rescale: bool = False
   dtype: layers.Dtype = jnp.float32
   remat: bool = False
+  logsnr_emb_ch: int = 0
+  label_emb_std: float = 1.
 
   @property
   def emb_dim(self) -> int:
     return 4 * self.ch
+
+  @property
+  def sinusoid_dim(self) -> int:
+    return self.logsnr_emb_ch or self.ch
 
   def _check_inputs(self, z: Array, logsnr: Array) -> None:
     chex.assert_rank(z, 4)
@@ -122,8 +131,8 @@ class UNet(ADMBase):
     self._check_inputs(z, logsnr)
     chex.assert_shape(labels, (z.shape[0],))
     chex.assert_type(labels, int)
-    emb = layers.embed_condition(logsnr, labels, ch=self.ch, emb_dim=self.emb_dim,
-                                 num_classes=self.num_classes)
+    emb = layers.embed_condition(logsnr, labels, ch=self.sinusoid_dim, emb_dim=self.emb_dim,
+                                 num_classes=self.num_classes, label_emb_std=self.label_emb_std)
     h, hs = self._encode(z, emb, train=train)
     for level, mult in reversed(list(enumerate(self.ch_mult))):
       for i in range(self.num_res_blocks + 1):

@@ -146,3 +146,17 @@ def test_satisfies_the_sampler_apply_contract(setup):
   x = sample_fn(params, jax.random.key(0), jnp.array([0, 2], jnp.int32), 1.)
   chex.assert_shape(x, (2, 16, 16, 3))
   chex.assert_tree_all_finite(x)
+
+
+@pytest.mark.parametrize("name", ["unet", "mlp"])
+def test_logsnr_embedding_width_and_class_table_init(name):
+  config = test_configs.tiny_model(name)
+  config.model.update(logsnr_emb_ch=24, label_emb_std=2.)
+  params = models.init_params(models.create_model(config), jax.random.key(0), config)
+  assert params["logsnr_emb"]["dense_0"]["kernel"].shape[0] == 24
+  table = np.asarray(params["label_emb"]["embedding"])
+  np.testing.assert_allclose(table.std(), 2., rtol=0.25)
+  config.model.logsnr_emb_ch = 0  # tied to the base width
+  shapes = models.param_shapes(models.create_model(config), config)
+  base = config.model.ch if name == "unet" else config.model.mlp_hidden
+  assert shapes["logsnr_emb"]["dense_0"]["kernel"].shape[0] == base

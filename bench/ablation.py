@@ -1,0 +1,180 @@
+"""The mnist recipe's ablation: one change at a time from the recipe before it, same budget.
+
+    python -m bench.ablation --calibrate --out=step_seconds.json   # on the machine of the budget
+    python -m bench.ablation --minutes=15 --step_seconds=step_seconds.json --workdir=ablation
+
+A budget is minutes of training on the machine where `--calibrate` timed each variant's
+training step (batch 64, fastest of 5 after compiling), so a variant that costs more per
+step gets fewer steps: variant v trains round(60 · minutes / seconds_per_step[v]) steps.
+Training and sampling can then run anywhere (a GPU runs the whole table in minutes);
+the steps, not the machine, fix the result. Each variant is trained from scratch with
+`cfg_jax.train.train`, sampled with the stochastic sampler, 50 steps, at w ∈ {0, 1, 3},
+and measured as bench.quality measures (bench.quality.Evaluator). The table goes to
+<workdir>/ablation.md and ablation.json; `--only` picks variants (runs can be split
+across processes and merged by rerunning with `--report`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+from typing import Any, Sequence
+
+from bench import common
+from bench import quality
+
+WS = (0., 1., 3.)
+BATCH = 64
+
+# The mnist recipe before the ablation (configs/mnist.py as it was), as config fields.
+BASELINE = {
+    "model.ch": 16, "model.attn_resolutions": (16,), "model.num_head_channels": 32,
+    "model.resblock_updown": True, "model.dropout": 0.1, "model.label_emb_std": 0.125,
+    "model.logsnr_emb_ch": 0, "diffusion.prediction": "eps", "training.learning_rate": 5e-4,
+    "training.lr_schedule": "constant", "training.ema_decay": 0.999,
+}
+# name: (what changes, the fields changed from BASELINE)
+VARIANTS = {
+    "baseline": ("the recipe before (ε-MSE, ch 16, attention at 16x16, dropout 0.1, class "
+                 "table std 1/8, 8 λ frequencies, constant lr 5e-4, EMA 0.999)", {}),
+    "v_prediction": ("v-prediction: v-MSE = ε-MSE weighted by 1 + e^-λ",
+                     {"diffusion.prediction": "v"}),
+    "width_for_attention": ("no 16x16 attention, conv resampling, ch 24 (same step time)",
+                            {"model.attn_resolutions": (), "model.resblock_updown": False,
+                             "model.ch": 24, "model.num_head_channels": 24}),
+    "no_dropout": ("dropout 0", {"model.dropout": 0.}),
+    "class_table_std_1": ("class table initialised at std 1 (ADM)",
+                          {"model.label_emb_std": 1.}),
+    "logsnr_emb_64": ("λ embedding of 32 frequencies (64 wide)", {"model.logsnr_emb_ch": 64}),
+    "lr_cosine": ("learning rate 5e-4 decayed by a half cosine to 0 over the budget",
+                  {"training.lr_schedule": "cosine"}),
+    "lr_1e-3": ("learning rate 1e-3", {"training.learning_rate": 1e-3}),
+    "ema_0.995": ("EMA decay 0.995", {"training.ema_decay": 0.995}),
+}
+
+
+def _combined(what: str, names: Sequence[str], **fields) -> tuple[str, dict[str, Any]]:
+  merged = {}
+  for name in names:
+    merged |= VARIANTS[name][1]
+  return what, merged | {k.replace("__", "."): v for k, v in fields.items()}
+
+
+_KEPT = ("v_prediction", "width_for_attention", "no_dropout", "class_table_std_1",
+         "logsnr_emb_64")
+VARIANTS |= {
+    "combined": _combined("v_prediction + width_for_attention + no_dropout + "
+                          "class_table_std_1 + logsnr_emb_64", _KEPT),
+    "combined_ema": _combined("combined + EMA 0.995", _KEPT, training__ema_decay=0.995),
+    "combined_lr": _combined("combined + lr 1e-3", _KEPT, training__learning_rate=1e-3),
+    "combined_cosine": _combined("combined + lr 1e-3 with a half-cosine decay", _KEPT,
+                                 training__learning_rate=1e-3, training__lr_schedule="cosine"),
+}
+
+
+def variant_config(name: str, extra: dict[str, Any] | None = None):
+  """configs/mnist.py with BASELINE, then the variant's fields (and `extra`) set."""
+  config = common.preset("mnist")
+  for field, value in {**BASELINE, **VARIANTS[name][1], **(extra or {})}.items():
+    group, key = field.split(".")
+    config[group][key] = value
+  config.training.batch_size = BATCH
+  return config
+
+
+def calibrate(names: Sequence[str], repeats: int = 5) -> dict[str, float]:
+  """Seconds per training step of each variant on this machine."""
+  out = {}
+  for name in names:
+    common.progress(f"timing {name}")
+    out[name] = common.TrainStep(variant_config(name)).seconds(BATCH, repeats)
+  return out
+
+
+def run_variant(name: str, *, steps: int, workdir: pathlib.Path, evaluator: quality.Evaluator,
+                seed: int) -> dict[str, Any]:
+  """Trains the variant for `steps`, samples and measures it at each w of WS."""
+  from cfg_jax import train  # pylint: disable=g-import-not-at-top
+  config = variant_config(name, {"training.num_steps": steps,
+                                 "training.checkpoint_every": steps,
+                                 "training.sample_every": steps,
+                                 "training.warmup_steps": min(100, steps - 1)})
+  run_dir = workdir / name
+  common.progress(f"{name}: training {steps} steps")
+  train.train(config, str(run_dir))
+  samples = quality.sample_ours(run_dir, steps, sampler="stochastic", ws=WS,
+                                labels=evaluator.labels, steps=quality.STEPS,
+                                batch_size=min(500, len(evaluator.labels)),
+                                seed=seed)
+  return {"steps": steps, "what": VARIANTS[name][0],
+          "metrics": {f"{w:g}": evaluator.metrics(samples[w]) for w in WS}}
+
+
+def table(results: dict[str, Any], floor: dict[str, float] | None) -> str:
+  """The markdown table: per variant, steps and accuracy / FID / IS at each w."""
+  head = " | ".join(f"w={w:g}: acc | FID | IS" for w in WS)
+  lines = [f"| variant | change | steps | {head} |", "|---" * (3 + 3 * len(WS)) + "|"]
+  for name in VARIANTS:
+    if name not in results:
+      continue
+    r = results[name]
+    cells = " | ".join(f"{m['accuracy']:.3f} | {m['fid']:.1f} | {m['inception_score']:.2f}"
+                       for m in (r["metrics"][f"{w:g}"] for w in WS))
+    lines.append(f"| {name} | {r['what']} | {r['steps']:,} | {cells} |")
+  if floor:
+    lines.append(f"| real digits | same count | – | " + " | ".join(
+        f"{floor['accuracy']:.3f} | {floor['fid']:.1f} | {floor['inception_score']:.2f}"
+        for _ in WS) + " |")
+  return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--calibrate", action="store_true",
+                      help="time each variant's training step here and write it to --out")
+  parser.add_argument("--out", default="ablation_step_seconds.json")
+  parser.add_argument("--minutes", type=float, default=15.)
+  parser.add_argument("--step_seconds", default=None,
+                      help="--calibrate's JSON (default: calibrate on this machine first)")
+  parser.add_argument("--workdir", default="bench_ablation")
+  parser.add_argument("--only", default=None, help="comma-separated variants (default: all)")
+  parser.add_argument("--samples_per_w", type=int, default=1000)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--report", action="store_true",
+                      help="only write the table of the variants already run in --workdir")
+  args = parser.parse_args(argv)
+  names = args.only.split(",") if args.only else list(VARIANTS)
+  unknown = sorted(set(names) - set(VARIANTS))
+  if unknown:
+    parser.error(f"--only has unknown variants {unknown}; they are {list(VARIANTS)}.")
+  if not args.minutes > 0:
+    parser.error(f"--minutes must be positive, got {args.minutes}.")
+  if args.calibrate:
+    seconds = calibrate(names)
+    pathlib.Path(args.out).write_text(json.dumps({"machine": common.machine(),
+                                                  "seconds": seconds}, indent=1))
+    print(json.dumps(seconds, indent=1))
+    return
+  workdir = pathlib.Path(args.workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  if not args.report:
+    seconds = (json.loads(pathlib.Path(args.step_seconds).read_text())["seconds"]
+               if args.step_seconds else calibrate(names))
+    evaluator = quality.Evaluator(variant_config("baseline"), cache_dir=workdir / "eval",
+                                  num_samples=args.samples_per_w)
+    for name in names:
+      result = run_variant(name, steps=round(60 * args.minutes / seconds[name]),
+                           workdir=workdir, evaluator=evaluator, seed=args.seed)
+      (workdir / f"{name}.json").write_text(json.dumps(result, indent=1))
+    (workdir / "floor.json").write_text(json.dumps(evaluator.floor(), indent=1))
+  results = {p.stem: json.loads(p.read_text()) for p in workdir.glob("*.json")
+             if p.stem in VARIANTS}
+  floor_path = workdir / "floor.json"
+  floor = json.loads(floor_path.read_text()) if floor_path.exists() else None
+  text = table(results, floor)
+  (workdir / "ablation.md").write_text(text + "\n")
+  print(text)
+
+
+if __name__ == "__main__":
+  main()
