@@ -28,9 +28,8 @@ BATCH = 64
 
 # The mnist recipe before the ablation (configs/mnist.py as it was), as config fields.
 BASELINE = {
-    "model.ch": 16, "model.attn_resolutions": (16,), "model.num_head_channels": 32,
-    "model.resblock_updown": True, "model.dropout": 0.1, "model.label_emb_std": 0.125,
-    "model.logsnr_emb_ch": 0, "diffusion.prediction": "eps", "training.learning_rate": 5e-4,
+    **{f"model.{k}": v for k, v in common.SMALL_UNET.items()},
+    "model.label_emb_std": 0.125, "diffusion.prediction": "eps", "training.learning_rate": 5e-4,
     "training.lr_schedule": "constant", "training.ema_decay": 0.999,
 }
 # name: (what changes, the fields changed from BASELINE)
@@ -66,7 +65,6 @@ VARIANTS |= {
     "combined": _combined("v_prediction + width_for_attention + no_dropout + "
                           "class_table_std_1 + logsnr_emb_64", _KEPT),
     "combined_ema": _combined("combined + EMA 0.995", _KEPT, training__ema_decay=0.995),
-    "combined_lr": _combined("combined + lr 1e-3", _KEPT, training__learning_rate=1e-3),
     "combined_cosine": _combined("combined + lr 1e-3 with a half-cosine decay", _KEPT,
                                  training__learning_rate=1e-3, training__lr_schedule="cosine"),
 }

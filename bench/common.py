@@ -46,6 +46,19 @@ def reduced64_config() -> ml_collections.ConfigDict:
   return config
 
 
+# The 0.35M-parameter UNet of the CPU speed figures: ch 16, attention at 16x16, residual
+# resampling, 8 λ frequencies, dropout 0.1, ε-prediction (configs/mnist.py otherwise).
+SMALL_UNET = {"ch": 16, "attn_resolutions": (16,), "num_head_channels": 32,
+              "resblock_updown": True, "dropout": 0.1, "logsnr_emb_ch": 0}
+
+
+def small_config() -> ml_collections.ConfigDict:
+  """configs/mnist.py with the SMALL_UNET model and ε-prediction: 345,713 parameters."""
+  config = with_model(preset("mnist"), **SMALL_UNET)
+  config.diffusion.prediction = "eps"
+  return config
+
+
 def with_model(config: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
   """A copy of config with these config.model fields changed (e.g. dtype, remat)."""
   config = ml_collections.ConfigDict(config.to_dict())

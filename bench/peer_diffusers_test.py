@@ -16,7 +16,7 @@ def _build(config):
 
 
 def test_output_shape_with_null_label():
-  config = test_configs.preset("mnist")
+  config = common.small_config()
   model = _build(config).eval()
   d = config.data
   z = torch.randn(2, d.channels, d.image_size, d.image_size)
@@ -27,14 +27,14 @@ def test_output_shape_with_null_label():
 
 
 def test_param_count_matches_ours():
-  config = test_configs.preset("mnist")
+  config = common.small_config()
   ours = models.num_params(models.create_model(config), config)
   peer = peer_diffusers.num_params(_build(config))
   assert abs(peer - ours) <= 0.05 * ours, (peer, ours)
 
 
 def test_measure_times_sampling_and_training_with_bfloat16_autocast():
-  config = test_configs.preset("mnist")
+  config = common.small_config()
   spec = common.peer_spec(config, sampling_batches=[2], train_batch=2, repeats=1) | {
       "dtype": "bfloat16", "device": "cpu"}
   out = peer_diffusers.measure(spec)

@@ -210,7 +210,9 @@ def write_grids(samples: dict[float, np.ndarray], labels: np.ndarray, out: pathl
 
 def targets(rows: list[dict], floor: dict[str, float], marks: Sequence[float]
             ) -> dict[str, dict[str, Any]]:
-  """The issue's targets on the stochastic sampler, at minute 15 and minute 45 if reported."""
+  """The targets, on the stochastic sampler: accuracy at minutes 15 and 45 (where reported);
+  at the last mark the best FID against the real digits', FID at w = 3 against the best,
+  IS rising with w and above the peer's at every w."""
   def ours(minutes, w, key):
     return next((r["ours"][key] for r in rows if r["minutes"] == minutes and r["w"] == w
                  and r["sampler"] == "stochastic"), math.nan)
@@ -229,6 +231,17 @@ def targets(rows: list[dict], floor: dict[str, float], marks: Sequence[float]
   figures["best FID / floor"], bounds["best FID / floor"] = best / floor["fid"], ("<=", 1.3)
   if 3. in fids:
     figures["FID w=3 / best FID"], bounds["FID w=3 / best FID"] = fids[3.] / best, ("<=", 2.)
+  last_rows = [r for r in rows if r["minutes"] == last and r["sampler"] == "stochastic"]
+  scores = [r["ours"]["inception_score"] for r in sorted(last_rows, key=lambda r: r["w"])]
+  if len(scores) > 1:
+    name = "IS rise between consecutive w, smallest"
+    figures[name] = min(b - a for a, b in zip(scores, scores[1:]))
+    bounds[name] = (">=", 0.)
+  if all(r.get("peer") for r in last_rows):
+    name = "IS ours - peer, smallest over w"
+    figures[name] = min(r["ours"]["inception_score"] - r["peer"]["inception_score"]
+                        for r in last_rows)
+    bounds[name] = (">=", 0.)
   return common.judge(figures, bounds)
 
 
@@ -407,13 +420,17 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, str]:
                       help="a flag passed on to cfg_jax.train, e.g. --override=--config.seed=1")
   args = parser.parse_args(argv)
   try:
+    ws = [float(w) for w in args.ws.split(",")]
+    if not all(math.isfinite(w) for w in ws):
+      raise ValueError
+  except ValueError:
+    parser.error(f"--ws must be a comma-separated list of finite numbers, got {args.ws!r}.")
+  try:
     marks = check_minutes(args.minutes, args.report_minutes and
                           [float(m) for m in args.report_minutes.split(",")])
-    ws = [float(w) for w in args.ws.split(",")]
   except ValueError as e:
-    parser.error(str(e))
-  if not ws or not all(math.isfinite(w) for w in ws):
-    parser.error(f"--ws must be a non-empty list of finite numbers, got {args.ws!r}.")
+    parser.error(str(e) if str(e).startswith("--") else
+                 f"--report_minutes must be comma-separated numbers, got {args.report_minutes!r}.")
   for name in ("samples_per_w", "steps", "batch_size"):
     if getattr(args, name) < (10 if name == "samples_per_w" else 1):
       parser.error(f"--{name} must be >= {10 if name == 'samples_per_w' else 1}, "

@@ -134,7 +134,7 @@ def run(quick: bool, repeats: int) -> dict[str, Any]:
   jax.config.update("jax_enable_compilation_cache", False)
   batch_sizes = (1, 4) if quick else (1, 16, 64)
   presets = ({"toy2d": common.preset("toy2d")} if quick
-             else {"mnist": common.preset("mnist"), "reduced64": common.reduced64_config()})
+             else {"small": common.small_config(), "reduced64": common.reduced64_config()})
   first = next(iter(presets))
   nets = {name: common.Network(config) for name, config in presets.items()}
   big = batch_sizes[-1]

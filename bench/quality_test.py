@@ -1,0 +1,94 @@
+"""Tests of the sample-quality benchmark: the `--minutes=2` run end to end, its flags, targets."""
+import json
+import math
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from bench import quality
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _bench(*flags, timeout=900):
+  return subprocess.run([sys.executable, "-m", "bench.quality", *flags], cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_two_minute_run_trains_samples_measures_and_reports(tmp_path):
+  workdir = tmp_path / "bq"
+  proc = _bench("--minutes=2", "--samples_per_w=20", "--ws=0,3", "--steps=4",
+                f"--workdir={workdir}", "--batch_size=20")
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  results = json.loads((workdir / "results.json").read_text())
+  ours = results["training"]["ours"]
+  assert [r["minutes"] for r in ours] == [2.] and ours[0]["step"] > 0
+  assert 115 <= ours[0]["seconds"] <= 200  # stopped at the mark, then saved
+  assert {(r["sampler"], r["w"]) for r in results["rows"]} == {
+      (s, w) for s in quality.SAMPLERS for w in (0., 3.)}
+  for row in results["rows"]:
+    assert row["ours"]["num_samples"] == 20
+    assert all(math.isfinite(row["ours"][k]) for k in ("fid", "inception_score", "accuracy"))
+    assert (row["peer"] is not None) == quality.has_peer()
+  assert 0.9 < results["floor"]["accuracy"] <= 1.  # the eval CNN on its held-out digits
+  assert "best FID / floor" in results["targets"]
+  report = (workdir / "report.md").read_text()
+  assert "| 2 | stochastic | 3 |" in report and "| real digits |" in report
+  for sampler in quality.SAMPLERS:
+    assert (workdir / f"grid_ours_{sampler}_w0.png").stat().st_size > 0
+    assert (workdir / f"grid_ours_{sampler}_w3.png").exists()
+  assert (workdir / "quality_vs_w.png").stat().st_size > 0
+  again = _bench("--minutes=2", f"--workdir={workdir}")  # training again would resume
+  assert again.returncode == 2 and "already holds a trained benchmark" in again.stderr
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--minutes=0"], "--minutes must be a positive number"),
+    (["--minutes=5", "--report_minutes=3,2,5"], "--report_minutes must be positive and increasing"),
+    (["--minutes=5", "--report_minutes=2,4"], "--report_minutes must end at --minutes=5"),
+    (["--ws="], "--ws"),
+    (["--samples_per_w=5"], "--samples_per_w must be >= 10"),
+    (["--steps=0"], "--steps must be >= 1"),
+    (["--config=/nonexistent.py"], "--config=/nonexistent.py does not exist"),
+])
+def test_bad_flags_are_named_before_anything_runs(tmp_path, flags, message):
+  proc = _bench(*flags, f"--workdir={tmp_path / 'w'}", timeout=60)
+  assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+  assert not (tmp_path / "w").exists()
+
+
+def test_evaluate_needs_a_trained_workdir(tmp_path):
+  proc = _bench("--stage=evaluate", f"--workdir={tmp_path}", timeout=60)
+  assert proc.returncode == 2 and "has no training.json" in proc.stderr
+
+
+def test_a_trainer_that_exits_before_the_mark_is_reported(tmp_path):
+  with pytest.raises(RuntimeError, match=r"cfg_jax.train exited with 1 before minute 1"):
+    quality.train_ours(ROOT / "configs" / "mnist.py", tmp_path / "ours", report_minutes=[1.],
+                       overrides=["--config.training.p_uncond=2.0"])
+
+
+def _rows(minutes, fids, accuracy, peer_is=None):
+  return [{"minutes": minutes, "sampler": "stochastic", "w": w,
+           "ours": {"fid": fid, "accuracy": accuracy[w], "inception_score": 8. + w},
+           "peer": peer_is and {"inception_score": peer_is[w]}}
+          for w, fid in fids.items()]
+
+
+def test_targets_follow_the_issue():
+  fids = {0.: 10., 1.: 12., 3.: 25.}
+  rows = (_rows(15, fids, {0.: 0.9, 1.: 0.96, 3.: 0.97})
+          + _rows(45, {0.: 8., 1.: 9., 3.: 15.}, {0.: 0.95, 1.: 0.99, 3.: 0.995},
+                  peer_is={0.: 7., 1.: 9.5, 3.: 9.}))
+  targets = quality.targets(rows, {"fid": 7.}, [15, 45])
+  assert targets["accuracy w=1 at 15 min"]["met"]
+  assert not targets["accuracy w=3 at 15 min"]["met"]  # 0.97 < 0.98
+  assert targets["accuracy w=1 at 45 min"]["met"] and targets["accuracy w=3 at 45 min"]["met"]
+  assert targets["best FID / floor"]["worst"] == pytest.approx(8. / 7.)
+  assert targets["FID w=3 / best FID"]["worst"] == pytest.approx(15. / 8.)
+  assert targets["FID w=3 / best FID"]["met"]
+  assert targets["IS rise between consecutive w, smallest"]["worst"] == pytest.approx(1.)
+  assert targets["IS ours - peer, smallest over w"]["worst"] == pytest.approx(-0.5)
+  assert not targets["IS ours - peer, smallest over w"]["met"]  # 9 < 9.5 at w = 1
