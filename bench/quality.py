@@ -265,7 +265,8 @@ def report(results: dict[str, Any]) -> str:
   n = results["samples_per_w"]
   lines += ["", f"{n} samples per w, {results['steps']} steps. Columns: accuracy on the "
             "intended labels, FID, IS, precision, recall (eval-classifier features).", "",
-            "| minutes | sampler | w | ours: acc | FID | IS | P | R | peer: acc | FID | IS | P | R |",
+            "| minutes | sampler | w | ours: acc | FID | IS | P | R "
+            "| peer: acc | FID | IS | P | R |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in results["rows"]:
     lines.append(f"| {r['minutes']:g} | {r['sampler']} | {r['w']:g} | {_cells(r['ours'])} | "
