@@ -22,6 +22,8 @@ from typing import Any, Sequence
 
 from bench import common
 from bench import quality
+from cfg_jax import runs
+from cfg_jax import train
 
 WS = (0., 1., 3.)
 BATCH = 64
@@ -92,7 +94,6 @@ def calibrate(names: Sequence[str], repeats: int = 5) -> dict[str, float]:
 def run_variant(name: str, *, steps: int, workdir: pathlib.Path, evaluator: quality.Evaluator,
                 seed: int) -> dict[str, Any]:
   """Trains the variant for `steps`, samples and measures it at each w of WS."""
-  from cfg_jax import train  # pylint: disable=g-import-not-at-top
   config = variant_config(name, {"training.num_steps": steps,
                                  "training.checkpoint_every": steps,
                                  "training.sample_every": steps,
@@ -100,10 +101,9 @@ def run_variant(name: str, *, steps: int, workdir: pathlib.Path, evaluator: qual
   run_dir = workdir / name
   common.progress(f"{name}: training {steps} steps")
   train.train(config, str(run_dir))
-  samples = quality.sample_ours(run_dir, steps, sampler="stochastic", ws=WS,
-                                labels=evaluator.labels, steps=quality.STEPS,
-                                batch_size=min(500, len(evaluator.labels)),
-                                seed=seed)
+  samples = quality.sample_ours(runs.load_run(run_dir, step=steps), sampler="stochastic",
+                                ws=WS, labels=evaluator.labels, steps=quality.STEPS,
+                                batch_size=500, seed=seed)
   return {"steps": steps, "what": VARIANTS[name][0],
           "metrics": {f"{w:g}": evaluator.metrics(samples[w]) for w in WS}}
 

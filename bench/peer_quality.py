@@ -49,7 +49,7 @@ import json
 import os
 import sys
 import time
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import diffusers
 import numpy as np
@@ -98,10 +98,11 @@ def train_scheduler() -> DDPMScheduler:
                        beta_schedule="squaredcos_cap_v2")
 
 
-def _save_atomic(obj, path: str) -> None:
-  """torch.save to a temporary file beside path, then renamed onto it."""
+def _write_atomic(path: str, write: Callable[[Any], None]) -> None:
+  """write(f) into a temporary file beside path, which is then renamed onto it."""
   tmp = path + ".tmp"
-  torch.save(obj, tmp)
+  with open(tmp, "wb") as f:
+    write(f)
   os.replace(tmp, path)
 
 
@@ -157,7 +158,8 @@ def train(x: np.ndarray, labels: np.ndarray, *, minutes: float,
       while pending and seconds >= 60. * pending[0]:
         m = pending.pop(0)
         ema.copy_to(ema_model.parameters())
-        _save_atomic(ema_model.state_dict(), os.path.join(out, checkpoint_name(m)))
+        state = ema_model.state_dict()
+        _write_atomic(os.path.join(out, checkpoint_name(m)), lambda f: torch.save(state, f))
         reports.append({"minutes": m, "steps": steps, "seconds": seconds,
                         "num_params": n_params, "checkpoint": checkpoint_name(m)})
       if not pending:
@@ -168,10 +170,8 @@ def train(x: np.ndarray, labels: np.ndarray, *, minutes: float,
          "num_examples": len(images),
          "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
          "reports": reports}
-  path = os.path.join(out, "train_log.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(log, f, indent=2)
-  os.replace(path + ".tmp", path)
+  _write_atomic(os.path.join(out, "train_log.json"),
+                lambda f: f.write(json.dumps(log, indent=2).encode()))
   return log
 
 
@@ -346,9 +346,8 @@ def main(argv: Sequence[str] | None = None) -> None:
       "cuda" if torch.cuda.is_available() else "cpu")
   x = np.stack([sample(model, labels, w=w, sampler=args.sampler, steps=args.steps,
                        seed=args.seed, batch_size=args.batch_size) for w in ws])
-  tmp = args.out + ".tmp.npz"
-  np.savez(tmp, x=x, ws=np.asarray(ws, np.float32), label=labels.astype(np.int64))
-  os.replace(tmp, args.out)
+  _write_atomic(args.out, lambda f: np.savez(f, x=x, ws=np.asarray(ws, np.float32),
+                                               label=labels.astype(np.int64)))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import importlib.util
 import io
 import json
 import math
-import os
 import pathlib
 import signal
 import subprocess
@@ -40,6 +39,17 @@ from typing import Any, Sequence
 import numpy as np
 
 from bench import common
+from cfg_jax import checkpointing
+from cfg_jax import config_lib
+from cfg_jax import files
+from cfg_jax import input_pipeline
+from cfg_jax import models
+from cfg_jax import runs
+from cfg_jax import train
+from cfg_jax import visualization
+from cfg_jax.evaluation import real_data
+from cfg_jax.evaluation import report as eval_report
+from cfg_jax.evaluation import sweep
 
 WS = (0., 0.5, 1., 2., 3.)
 GRID_WS = (0., 1., 3.)
@@ -77,8 +87,6 @@ def train_ours(config_path: pathlib.Path, workdir: pathlib.Path, *,
   saved at the mark before (its start-up counts against the budget). Returns, per mark,
   the minutes, the saved step and the seconds since the start.
   """
-  from cfg_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  from cfg_jax import train  # pylint: disable=g-import-not-at-top
   command = [sys.executable, "-m", "cfg_jax.train", f"--config={config_path}",
              f"--workdir={workdir}", f"--config.training.num_steps={UNBOUNDED}",
              f"--config.training.checkpoint_every={UNBOUNDED}",
@@ -106,8 +114,6 @@ def train_ours(config_path: pathlib.Path, workdir: pathlib.Path, *,
 
 def write_data(run_config: Any, path: pathlib.Path) -> None:
   """The run's data as the peer reads it: x float32 [N, H, W, C] in [-1, 1], label [N]."""
-  from cfg_jax.evaluation import real_data  # pylint: disable=g-import-not-at-top
-  from cfg_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   dataset = input_pipeline.create_dataset(run_config, process_index=0, process_count=1)
   x, labels = real_data.read_examples(dataset, len(dataset))
   _save_npz(path, x=x.astype(np.float32), label=labels.astype(np.int64))
@@ -128,9 +134,6 @@ class Evaluator:
 
   def __init__(self, run_config: Any, *, cache_dir: pathlib.Path, num_samples: int,
                batch_size: int = 500):
-    from cfg_jax import runs  # pylint: disable=g-import-not-at-top
-    from cfg_jax.evaluation import real_data  # pylint: disable=g-import-not-at-top
-    from cfg_jax.evaluation import sweep  # pylint: disable=g-import-not-at-top
     self.run_config, self.batch_size = run_config, batch_size
     self.net = sweep.make_feature_net(run_config, inception_weights=None,
                                       eval_classifier_config=None,
@@ -142,17 +145,12 @@ class Evaluator:
 
   def metrics(self, x: np.ndarray, labels: np.ndarray | None = None) -> dict[str, float]:
     """FID, IS, precision, recall and accuracy of images x ([-1, 1] floats or uint8)."""
-    from cfg_jax.evaluation import sweep  # pylint: disable=g-import-not-at-top
-    if x.dtype == np.uint8:
-      x = x.astype(np.float32) / 127.5 - 1.
-    return sweep.sample_metrics(x, self.labels if labels is None else labels, self.net,
+    return sweep.sample_metrics(_as_float(x), self.labels if labels is None else labels, self.net,
                                 self.real, k=3, is_splits=10, batch_size=self.batch_size)
 
   def floor(self) -> dict[str, float]:
     """The last num_samples digits of the data, measured as samples are; their accuracy is
     the eval classifier's on its own held-out digits."""
-    from cfg_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-    from cfg_jax.evaluation import real_data  # pylint: disable=g-import-not-at-top
     dataset = input_pipeline.create_dataset(real_data.eval_data_config(self.run_config),
                                             process_index=0, process_count=1)
     n = len(self.labels)
@@ -164,12 +162,9 @@ class Evaluator:
     return row
 
 
-def sample_ours(workdir: pathlib.Path, step: int, *, sampler: str, ws: Sequence[float],
-                labels: np.ndarray, steps: int, batch_size: int, seed: int
-                ) -> dict[float, np.ndarray]:
-  """Samples of our run at `step` for each w: float images in [-1, 1]."""
-  from cfg_jax import runs  # pylint: disable=g-import-not-at-top
-  run = runs.load_run(workdir, step=step)
+def sample_ours(run: runs.Run, *, sampler: str, ws: Sequence[float], labels: np.ndarray,
+                steps: int, batch_size: int, seed: int) -> dict[float, np.ndarray]:
+  """Samples of a restored run for each w: float images in [-1, 1]."""
   batch_size = min(batch_size, len(labels))  # the last batch is padded to batch_size
   sample_fn = runs.make_run_sample_fn(run, num_steps=steps, sampler=sampler)
   return {w: x for _, w, x in runs.sample_guidance_grid(sample_fn, run, labels, ws=ws,
@@ -193,13 +188,10 @@ def sample_peer(checkpoint: pathlib.Path, *, sampler: str, ws: Sequence[float],
 def write_grids(samples: dict[float, np.ndarray], labels: np.ndarray, out: pathlib.Path,
                 name: str, num_classes: int, per_class: int = 8) -> None:
   """grid_<name>_w<w>.png for the w of GRID_WS: the first `per_class` samples of each class."""
-  from cfg_jax import visualization  # pylint: disable=g-import-not-at-top
   for w in GRID_WS:
     if w not in samples:
       continue
-    x = samples[w]
-    if x.dtype == np.uint8:
-      x = x.astype(np.float32) / 127.5 - 1.
+    x = _as_float(samples[w])
     keep = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(num_classes)])
     visualization.save_sample_picture(x[keep], labels[keep], out / f"grid_{name}_w{w:g}.png",
                                       num_classes=num_classes)
@@ -278,8 +270,6 @@ def report(results: dict[str, Any]) -> str:
 
 def plot(results: dict[str, Any], path: pathlib.Path) -> None:
   """Accuracy and FID against w at the last mark, per model and sampler."""
-  from cfg_jax import visualization  # pylint: disable=g-import-not-at-top
-  from cfg_jax.evaluation import report as eval_report  # pylint: disable=g-import-not-at-top
   eval_report.require_matplotlib().use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   last = results["report_minutes"][-1]
@@ -305,13 +295,16 @@ def plot(results: dict[str, Any], path: pathlib.Path) -> None:
   plt.close(fig)
 
 
+def _as_float(x: np.ndarray) -> np.ndarray:
+  """Images as floats in [-1, 1]: uint8 ones (the peer's) mapped back, floats as they are."""
+  return x.astype(np.float32) / 127.5 - 1. if x.dtype == np.uint8 else x
+
+
 def _save_npz(path: pathlib.Path, **arrays) -> None:
   buffer = io.BytesIO()
   np.savez(buffer, **arrays)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_bytes(buffer.getvalue())
-  os.replace(tmp, path)
+  files.write_bytes_atomic(path, buffer.getvalue())
 
 
 # ------------------------------------------------------------------------------ stages
@@ -334,7 +327,6 @@ class Options:
 
 def stage_train(o: Options) -> None:
   """Trains ours, then the peer, for the same minutes; writes <workdir>/training.json."""
-  from cfg_jax import config_lib  # pylint: disable=g-import-not-at-top
   o.workdir.mkdir(parents=True, exist_ok=True)
   training = {"machine": common.machine(), "minutes": o.minutes,
               "report_minutes": o.report_minutes}
@@ -356,8 +348,6 @@ def stage_train(o: Options) -> None:
 
 def stage_evaluate(o: Options) -> dict[str, Any]:
   """Samples both models at every mark, sampler and w; writes the report and pictures."""
-  from cfg_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  from cfg_jax import models  # pylint: disable=g-import-not-at-top
   training = json.loads((o.workdir / "training.json").read_text())
   run_config = checkpointing.load_config(o.workdir / "ours")
   evaluator = Evaluator(run_config, cache_dir=o.workdir / "eval", num_samples=o.samples_per_w)
@@ -366,10 +356,11 @@ def stage_evaluate(o: Options) -> dict[str, Any]:
   rows = []
   for mark in training["report_minutes"]:
     ours_step = next(r["step"] for r in training["ours"] if r["minutes"] == mark)
+    run = runs.load_run(o.workdir / "ours", step=ours_step)
     for sampler in SAMPLERS:
       common.progress(f"sampling ours at minute {mark:g}, {sampler}")
-      ours = sample_ours(o.workdir / "ours", ours_step, sampler=sampler, ws=o.ws, labels=labels,
-                         steps=o.steps, batch_size=o.batch_size, seed=o.seed)
+      ours = sample_ours(run, sampler=sampler, ws=o.ws, labels=labels, steps=o.steps,
+                         batch_size=o.batch_size, seed=o.seed)
       theirs = {}
       if with_peer:
         common.progress(f"sampling the peer at minute {mark:g}, {PEER_SAMPLER[sampler]}")
