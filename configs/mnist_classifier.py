@@ -1,7 +1,7 @@
 """The noisy classifier p_φ(c | z_λ, λ) on the mnist5k digits, for classifier guidance.
 
-The trunk of the mnist UNet (16/32/32 channels, attention at 16x16) with two residual
-blocks per level, then attention pooling at 8x8. Training follows ADM's classifier
+An ADM trunk of 16/32/32 channels with attention at 16x16 and two residual blocks per
+level, then attention pooling at 8x8. Training follows ADM's classifier
 (AdamW 3e-4, weight decay 0.05) at a CPU batch size.
 """
 from cfg_jax import config_lib
