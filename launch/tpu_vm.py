@@ -83,14 +83,15 @@ def train_command(args: argparse.Namespace) -> list[str]:
   """Starts the same training command on every worker, detached from the ssh session.
 
   It runs the Python of `install`'s environment; on a pod slice each process finds the
-  others in the TPU VM's metadata (cfg_jax/runtime.py), so no variable is set.
+  others in the TPU VM's metadata (cfg_jax/runtime.py), so no variable is set. The log
+  is created before the job goes to the background, so `logs` can follow it at once.
   """
   train = f"{REMOTE_ENV}/bin/python " + shlex.join(
       ["-m", "cfg_jax.train", f"--config={args.config}", f"--workdir={args.workdir}",
        *args.overrides])
   run_and_record_exit = shlex.quote(f"{train}; echo $? > {EXIT}")
   return ssh(args, "all",
-             f"cd {REMOTE_REPO} && rm -f {EXIT} && setsid nohup "
+             f"cd {REMOTE_REPO} && rm -f {EXIT} && : >> {LOG} && setsid nohup "
              f"bash -c {run_and_record_exit} >> {LOG} 2>&1 < /dev/null & echo $! > {PID}")
 
 
