@@ -83,16 +83,17 @@ def train_command(args: argparse.Namespace) -> list[str]:
   """Starts the same training command on every worker, detached from the ssh session.
 
   It runs the Python of `install`'s environment; on a pod slice each process finds the
-  others in the TPU VM's metadata (cfg_jax/runtime.py), so no variable is set. The log
-  is created before the job goes to the background, so `logs` can follow it at once.
+  others in the TPU VM's metadata (cfg_jax/runtime.py), so no variable is set. Only the
+  job goes to the background: the log and the pid file exist when the ssh command returns,
+  so `logs` can follow them at once.
   """
   train = f"{REMOTE_ENV}/bin/python " + shlex.join(
       ["-m", "cfg_jax.train", f"--config={args.config}", f"--workdir={args.workdir}",
        *args.overrides])
   run_and_record_exit = shlex.quote(f"{train}; echo $? > {EXIT}")
+  detach = f"setsid nohup bash -c {run_and_record_exit} >> {LOG} 2>&1 < /dev/null &"
   return ssh(args, "all",
-             f"cd {REMOTE_REPO} && rm -f {EXIT} && : >> {LOG} && setsid nohup "
-             f"bash -c {run_and_record_exit} >> {LOG} 2>&1 < /dev/null & echo $! > {PID}")
+             f"cd {REMOTE_REPO} && rm -f {EXIT} && : >> {LOG} && {{ {detach} echo $! > {PID}; }}")
 
 
 def logs_command(args: argparse.Namespace) -> list[str]:

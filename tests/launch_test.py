@@ -114,11 +114,16 @@ def test_train_runs_detached_on_a_worker_and_logs_follow_it(tmp_path):
   env_bin = home / "cfg_jax_env" / "bin"
   _fake(env_bin, "python", 'echo "CFG_JAX_DISTRIBUTED=${CFG_JAX_DISTRIBUTED-unset} in $PWD"; '
                            'sleep 1; echo "training done"')
+  # A slow worker: had the set-up before the job gone to the background too, the log
+  # would not exist yet when the ssh command returns.
+  worker_bin = tmp_path / "worker_bin"
+  _fake(worker_bin, "rm", 'sleep 1; PATH=/usr/bin:/bin exec rm "$@"')
   env = {k: v for k, v in os.environ.items() if k != "CFG_JAX_DISTRIBUTED"}
-  env |= {"HOME": str(home), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+  env |= {"HOME": str(home), "PATH": f"{worker_bin}:{bin_dir}:{os.environ['PATH']}"}
   [train] = _tpu_vm("train", "--dry_run", *TRAIN[1:], bin_dir=bin_dir).stdout.splitlines()
   [logs] = _tpu_vm("logs", "--dry_run", bin_dir=bin_dir).stdout.splitlines()
   subprocess.run(["bash", "-c", _command_option(train)], env=env, check=True, timeout=60)
+  assert (home / "cfg_jax_train.log").exists() and (home / "cfg_jax_train.pid").read_text()
   followed = subprocess.run(["bash", "-c", _command_option(logs)], env=env, check=True,
                             timeout=60, capture_output=True, text=True).stdout
   assert _calls(env_bin, "python") == [
