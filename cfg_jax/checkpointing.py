@@ -56,9 +56,12 @@ SIGNATURE_FIELDS = {
 # are: a run may resume with them changed (and checkpoints written before they existed
 # still match).
 NOT_IN_SIGNATURE = ("model.remat", "model.label_emb_std")
-# Signature fields added after checkpoints were first written: the value that a checkpoint
-# without the field was written with.
-ADDED_FIELDS = {"model.logsnr_emb_ch": 0}
+# Fields added after runs were first written, with the value that means what a run written
+# without the field did: `load_config` fills them into an older run's config.json and
+# `check_signature` into an older checkpoint's signature. label_emb_std only sets how a
+# table starts, which a restored run never repeats.
+ADDED_FIELDS = {"model.logsnr_emb_ch": 0, "model.label_emb_std": 1., "model.w_emb_ch": 0,
+                "training.lr_schedule": "constant", "sampling.guidance_interval": ()}
 
 
 def signature(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -255,18 +258,22 @@ def save_config(workdir: epath.PathLike, config: ml_collections.ConfigDict) -> N
 
 
 def load_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
-  """The config a run in `workdir` was trained with."""
+  """The config a run in `workdir` was trained with, with the ADDED_FIELDS it predates."""
   path = epath.Path(workdir) / CONFIG_FILE
   if not path.exists():
     raise FileNotFoundError(f"--workdir={workdir} holds no {CONFIG_FILE}: it is not a cfg_jax "
                             f"training run (python -m cfg_jax.train writes one).")
   # JSON turns the config's tuples into lists, which config_lib.validate accepts alike.
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  fields = json.loads(path.read_text())
+  for name, value in ADDED_FIELDS.items():
+    group, field = name.split(".")
+    fields.get(group, {}).setdefault(field, value)
+  return ml_collections.ConfigDict(fields)
 
 
 def check_signature(saved: dict[str, Any], current: dict[str, Any], where: Any) -> None:
   """Refuses to restore a checkpoint of a different model; names every differing field."""
-  saved = ADDED_FIELDS | saved
+  saved = {k: v for k, v in ADDED_FIELDS.items() if k in current} | saved
   diffs = [f"config.{k}: checkpoint has {saved.get(k)!r}, config has {current.get(k)!r}"
            for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
   if diffs:

@@ -1,5 +1,6 @@
 """Tests of the checkpointer: read-only readers, the causes of a failed write."""
 import errno
+import json
 import os
 import re
 
@@ -84,14 +85,31 @@ def test_a_failed_write_names_its_cause(tmp_path, monkeypatch, error, cause):
   assert re.search(cause, message), message
 
 
-def test_a_checkpoint_from_before_a_field_existed_matches_its_old_value():
+# Written before the field existed: λ's embedding width was ch (0); no network took w (0).
+@pytest.mark.parametrize("field", ["logsnr_emb_ch", "w_emb_ch"])
+def test_a_checkpoint_from_before_a_field_existed_matches_its_old_value(field):
   config = test_configs.tiny_model("unet")
   saved = checkpointing.signature(config)
-  del saved["model.logsnr_emb_ch"]  # written before the field existed: the width was ch
+  del saved[f"model.{field}"]
   checkpointing.check_signature(saved, checkpointing.signature(config), "old")
-  config.model.logsnr_emb_ch = 32
+  config.model[field] = 32
   with pytest.raises(checkpointing.ModelMismatchError,
-                     match=r"config.model.logsnr_emb_ch: checkpoint has 0, config has 32"):
+                     match=rf"config.model.{field}: checkpoint has 0, config has 32"):
     checkpointing.check_signature(saved, checkpointing.signature(config), "old")
   config.model.label_emb_std = 0.5  # how the table starts: not part of the signature
   assert "model.label_emb_std" not in checkpointing.signature(config)
+
+
+def test_a_run_written_before_fields_existed_loads_with_their_old_values(tmp_path):
+  train.train(test_configs.toy2d(num_steps=2), str(tmp_path))
+  path = tmp_path / checkpointing.CONFIG_FILE
+  fields = json.loads(path.read_text())
+  for name in checkpointing.ADDED_FIELDS:
+    group, field = name.split(".")
+    del fields[group][field]
+  path.write_text(json.dumps(fields))
+  config = checkpointing.load_config(tmp_path)
+  assert {name: config[name.split(".")[0]][name.split(".")[1]]
+          for name in checkpointing.ADDED_FIELDS} == checkpointing.ADDED_FIELDS
+  run = runs.load_run(tmp_path)  # validates the config and checks the signature
+  assert run.step == 2 and tuple(run.config.sampling.guidance_interval) == ()

@@ -17,6 +17,7 @@ from cfg_jax import schedules
 
 # The networks (built by models.factory) and the compute dtypes a config may name.
 MODEL_NAMES = ("unet", "mlp", "classifier")
+W_MODEL_NAMES = ("unet", "mlp")  # the ε-networks, which may take w (model.w_emb_ch > 0)
 DTYPE_NAMES = ("float32", "bfloat16")
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -66,6 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
   model.remat = False          # recompute blocks in the backward pass: less memory, more compute
   model.logsnr_emb_ch = 0      # width of λ's sinusoidal embedding; 0 = ch (mlp: mlp_hidden)
   model.label_emb_std = 1.     # initial std of the class table (ADM's nn.Embedding: 1)
+  model.w_emb_ch = 0           # width of the guidance weight w's embedding; 0 = no w input
   model.mlp_hidden = 256       # mlp only
   model.mlp_depth = 4          # mlp only
 
@@ -99,6 +101,7 @@ def base_config() -> ml_collections.ConfigDict:
   sampling.w = (0., 0.5, 2.)
   sampling.sampler = "stochastic"  # stochastic | ddim
   sampling.clip_x = True
+  sampling.guidance_interval = ()  # (λ_lo, λ_hi): guide only there; () guides every step
   sampling.num_per_class = 8   # grid columns
   sampling.grid_classes = 10   # grid rows: the first classes (ImageNet has 1000)
   return config
@@ -121,6 +124,10 @@ def _real_in(lo, hi, *, lo_open=False, hi_open=False):
     return (_is_real(x) and (x > lo if lo_open else x >= lo)
             and (x < hi if hi_open else x <= hi))
   return check, f"a number in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
+
+def _even_int(zero_means):
+  return (lambda x: _is_int(x) and x >= 0 and x % 2 == 0), f"0 ({zero_means}) or an even int >= 2"
 
 
 def _one_of(*values):
@@ -164,9 +171,9 @@ RULES = {
     "model.skip_rescale": _BOOL,
     "model.dtype": _one_of(*DTYPE_NAMES),
     "model.remat": _BOOL,
-    "model.logsnr_emb_ch": ((lambda x: _is_int(x) and x >= 0 and x % 2 == 0),
-                            "0 (tied to ch) or an even int >= 2"),
+    "model.logsnr_emb_ch": _even_int("tied to ch"),
     "model.label_emb_std": _POSITIVE,
+    "model.w_emb_ch": _even_int("no w input"),
     "model.mlp_hidden": _int_at_least(1),
     "model.mlp_depth": _int_at_least(1),
     "diffusion.logsnr_min": _real_in(-math.inf, math.inf, lo_open=True, hi_open=True),
@@ -195,6 +202,10 @@ RULES = {
                     and all(_is_real(v) for v in x)), "a non-empty tuple of finite numbers"),
     "sampling.sampler": _one_of(*sampling.SAMPLERS),
     "sampling.clip_x": _BOOL,
+    "sampling.guidance_interval": (
+        (lambda x: isinstance(x, (tuple, list)) and (len(x) == 0 or (
+            len(x) == 2 and all(_is_real(b) for b in x) and x[0] <= x[1]))),
+        "() to guide every step, or (logsnr_lo, logsnr_hi) with lo <= hi"),
     "sampling.num_per_class": _int_at_least(1),
     "sampling.grid_classes": _int_at_least(1),
 }
@@ -216,7 +227,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None
 
   Checks every field against RULES, that no field is unknown or missing, and the
   relations between fields (batch split over devices, image size against the UNet's
-  downsampling, attention heads against channels, λ range).
+  downsampling, attention heads against channels, λ range, a w input only for ε-networks).
   """
   fields = flatten(config)
   unknown = sorted(set(fields) - set(RULES))
@@ -264,6 +275,9 @@ def _validate_relations(config: ml_collections.ConfigDict, num_devices: int) -> 
     raise ValueError(f"config.training.warmup_steps={t.warmup_steps} must be below "
                      f"config.training.num_steps={t.num_steps} with lr_schedule='cosine', "
                      f"which decays from the end of warmup to num_steps.")
+  if m.w_emb_ch and m.name not in W_MODEL_NAMES:
+    raise ValueError(f"config.model.w_emb_ch={m.w_emb_ch} must be 0 for config.model.name="
+                     f"{m.name!r}: only the ε-networks {W_MODEL_NAMES} take the guidance weight w.")
   toy = d.source == "toy2d"
   if toy != (m.name == "mlp"):
     raise ValueError(f"config.model.name={m.name!r} does not fit config.data.source={d.source!r}:"

@@ -20,6 +20,7 @@ def test_base_config_is_valid_and_fully_covered_by_rules():
     ("model.name", "resnet"), ("model.ch", 0), ("model.ch_mult", ()), ("model.ch_mult", (1, 0)),
     ("model.num_head_channels", 0), ("model.dropout", 1.), ("model.dtype", "float16"),
     ("model.logsnr_emb_ch", 7), ("model.logsnr_emb_ch", -2), ("model.label_emb_std", 0.),
+    ("model.w_emb_ch", 7), ("model.w_emb_ch", -2),
     ("training.lr_schedule", "linear"),
     ("diffusion.logsnr_min", math.nan), ("diffusion.prediction", "score"),
     ("training.num_steps", 0), ("training.p_uncond", 1.5), ("training.p_uncond", -0.1),
@@ -28,6 +29,8 @@ def test_base_config_is_valid_and_fully_covered_by_rules():
     ("training.adam_b2", 1.), ("training.checkpoint_every", 0), ("training.batch_size", True),
     ("sampling.v", 1.2), ("sampling.num_steps", 0), ("sampling.w", ()),
     ("sampling.w", (0., math.nan)), ("sampling.sampler", "euler"),
+    ("sampling.guidance_interval", (1.,)), ("sampling.guidance_interval", (2., 1.)),
+    ("sampling.guidance_interval", (0., math.inf)),
 ])
 def test_each_bad_field_is_named_with_what_is_allowed(field, value):
   config = config_lib.base_config()
@@ -61,6 +64,9 @@ def test_unknown_and_missing_fields():
     (dict(model=dict(num_heads=3)), 1, r"does not split into whole heads"),
     (dict(diffusion=dict(logsnr_min=5., logsnr_max=5.)), 1, r"logsnr_min=5.0 must be <"),
     (dict(model=dict(name="mlp")), 1, r"config.model.name='mlp' does not fit"),
+    (dict(model=dict(name="classifier", w_emb_ch=16)), 1,
+     r"config.model.w_emb_ch=16 must be 0 for config.model.name='classifier': only the "
+     r"ε-networks \('unet', 'mlp'\) take the guidance weight w"),
     (dict(training=dict(lr_schedule="cosine", num_steps=500, warmup_steps=500)), 1,
      r"config.training.warmup_steps=500 must be below config.training.num_steps=500"),
 ])

@@ -2,7 +2,8 @@
 
 `create_model(config)` reads config.model (architecture, compute dtype, remat) and
 config.data.num_classes; the shape of z is `config_lib.example_shape(config)`.
-`make_apply_fn(model)` is the sampler's contract `apply_fn(params, z, logsnr, labels) -> ε`.
+`make_apply_fn(model)` is the sampler's contract `apply_fn(params, z, logsnr, labels) -> ε`,
+with a fifth argument w for a network that takes the guidance weight (`takes_w`).
 `param_shapes` and `num_params` go through `jax.eval_shape`, so they cost no memory for
 the weights.
 """
@@ -41,11 +42,11 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
   if m.name == "mlp":
     return MLP(num_classes, hidden=m.mlp_hidden, depth=m.mlp_depth, dropout=m.dropout,
                dtype=dtype, remat=m.remat, logsnr_emb_ch=m.logsnr_emb_ch,
-               label_emb_std=m.label_emb_std)
+               label_emb_std=m.label_emb_std, w_emb_ch=m.w_emb_ch)
   if is_classifier(config):
     return Classifier(num_classes, logsnr_emb_ch=m.logsnr_emb_ch, **_adm_fields(m, dtype))
   return UNet(num_classes, logsnr_emb_ch=m.logsnr_emb_ch, label_emb_std=m.label_emb_std,
-              **_adm_fields(m, dtype))
+              w_emb_ch=m.w_emb_ch, **_adm_fields(m, dtype))
 
 
 def _adm_fields(m: ml_collections.ConfigDict, dtype: Any) -> dict[str, Any]:
@@ -57,14 +58,22 @@ def _adm_fields(m: ml_collections.ConfigDict, dtype: Any) -> dict[str, Any]:
               remat=m.remat)
 
 
+def takes_w(model: nn.Module) -> bool:
+  """Whether `model` is an ε-network with the guidance weight w as an input (w_emb_ch > 0)."""
+  return isinstance(model, (UNet, MLP)) and model.w_emb_ch > 0
+
+
 def dummy_inputs(model: nn.Module, config: ml_collections.ConfigDict, *,
                  batch_size: int = 1) -> tuple[Array, ...]:
-  """Zero inputs of the right shapes and dtypes: (z, logsnr[, labels]) for the model."""
+  """Zero inputs of the right shapes and dtypes: (z, logsnr[, labels[, w]]) for the model."""
   z = jnp.zeros((batch_size,) + config_lib.example_shape(config), jnp.float32)
   logsnr = jnp.zeros((batch_size,), jnp.float32)
   if isinstance(model, Classifier):
     return z, logsnr
-  return z, logsnr, jnp.zeros((batch_size,), jnp.int32)
+  labels = jnp.zeros((batch_size,), jnp.int32)
+  if takes_w(model):
+    return z, logsnr, labels, jnp.zeros((batch_size,), jnp.float32)
+  return z, logsnr, labels
 
 
 def init_params(model: nn.Module, rng: Array, config: ml_collections.ConfigDict) -> Params:
@@ -88,11 +97,19 @@ def num_params(model: nn.Module, config: ml_collections.ConfigDict) -> int:
   return count_params(param_shapes(model, config))
 
 
-def make_apply_fn(model: nn.Module) -> Callable[[Params, Array, Array, Array], Array]:
-  """`apply_fn(params, z, logsnr, labels) -> ε` in eval mode: the sampler's contract."""
+def make_apply_fn(model: nn.Module) -> Callable[..., Array]:
+  """The ε-network in eval mode: `apply_fn(params, z, logsnr, labels) -> ε`, the sampler's
+  contract, or for a network that takes w (`takes_w`, a guided-distillation student)
+  `apply_fn(params, z, logsnr, labels, w) -> ε` with w float [B].
+  """
   if isinstance(model, Classifier):
     raise TypeError("make_apply_fn is for the ε-networks (UNet, MLP); apply a Classifier "
                     "as model.apply({'params': params}, z, logsnr, train=False).")
+  if takes_w(model):
+    def apply_w_fn(params: Params, z: Array, logsnr: Array, labels: Array, w: Array) -> Array:
+      return model.apply({"params": params}, z, logsnr, labels, w, train=False)
+
+    return apply_w_fn
 
   def apply_fn(params: Params, z: Array, logsnr: Array, labels: Array) -> Array:
     return model.apply({"params": params}, z, logsnr, labels, train=False)

@@ -95,6 +95,51 @@ def test_every_model_and_dtype_name_of_the_schema_builds():
   assert built == {"unet": "UNet", "mlp": "MLP", "classifier": "Classifier"}
 
 
+# The tiny ε-networks' parameter counts: a default config (no w input) grows none.
+TINY_COUNTS = {"unet": 53_403, "mlp": 3_026}
+
+
+@pytest.mark.parametrize("name", sorted(TINY_COUNTS))
+def test_a_default_network_takes_no_w_and_a_w_network_only_adds_w_emb(name):
+  config = test_configs.tiny_model(name)
+  model = models.create_model(config)
+  shapes = models.param_shapes(model, config)
+  assert not models.takes_w(model) and "w_emb" not in shapes
+  assert models.count_params(shapes) == TINY_COUNTS[name]
+  assert len(models.dummy_inputs(model, config)) == 3
+  config.model.w_emb_ch = 16
+  config_lib.validate(config)
+  w_model = models.create_model(config)
+  w_shapes = models.param_shapes(w_model, config)
+  assert models.takes_w(w_model) and len(models.dummy_inputs(w_model, config)) == 4
+  assert {k: v for k, v in w_shapes.items() if k != "w_emb"} == shapes
+  assert w_shapes["w_emb"]["dense_0"]["kernel"].shape[0] == 16
+
+
+@pytest.mark.parametrize("name", ["unet", "mlp"])
+def test_a_w_network_copied_from_one_without_w_starts_equal_to_it_for_every_w(
+    name, random_like):
+  config = test_configs.tiny_model(name)
+  teacher = models.create_model(config)
+  params = random_like(models.param_shapes(teacher, config))
+  config.model.w_emb_ch = 16
+  student = models.create_model(config)
+  fresh = models.init_params(student, jax.random.key(0), config)
+  copied = fresh | params  # all but w_emb, which stays as initialised
+  z = jax.random.normal(jax.random.key(1), (4,) + config_lib.example_shape(config))
+  logsnr, labels = jnp.array([-15., -2., 3., 12.]), jnp.array([0, 1, 2, 3], jnp.int32)
+  eps = jax.jit(models.make_apply_fn(teacher))(params, z, logsnr, labels)
+  apply_fn = jax.jit(models.make_apply_fn(student))  # apply_fn(params, z, logsnr, labels, w)
+  for w in ([0., 0., 0., 0.], [0., 0.5, 2., 4.], [7.5, 3., 1., 0.1]):
+    np.testing.assert_array_equal(apply_fn(copied, z, logsnr, labels, jnp.array(w)), eps)
+  copied["w_emb"] = random_like(fresh["w_emb"], seed=1)
+  w = jnp.array([0., 0.5, 2., 4.])
+  out, out_shifted = (apply_fn(copied, z, logsnr, labels, v) for v in (w, w + 1.))
+  chex.assert_shape(out, z.shape)
+  chex.assert_tree_all_finite(out)
+  assert np.abs(out - out_shifted).reshape(4, -1).max(-1).min() > 0.  # every example moves
+
+
 def test_count_params():
   tree = {"a": jnp.zeros((2, 3)), "b": {"c": jax.ShapeDtypeStruct((4,), jnp.float32)}}
   assert models.count_params(tree) == 10

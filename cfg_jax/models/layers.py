@@ -4,6 +4,8 @@
 t = `schedules.logsnr_to_time(λ)` = arctan(e^{-λ/2}) / (π/2) ∈ (0, 1), scaled by 1000 so
 that its sinusoidal embedding spans the frequencies ADM's integer timesteps did, then a
 two-layer SiLU MLP. t is uniform under the training p(λ) and stays finite for any λ.
+A guided-distillation student (Meng et al.) also takes the guidance weight w
+(`WEmbedding`), whose last layer starts at zero.
 
 `dtype` is the compute dtype; parameters are float32 whatever it is. In bfloat16 the
 convolutions, dense layers and attention matmuls take bfloat16 inputs, while GroupNorm
@@ -15,6 +17,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -25,6 +28,7 @@ Array = jax.Array
 Dtype = Any
 
 TIME_SCALE = 1000.   # t ∈ (0, 1) → ADM's timestep range [0, 1000)
+W_SCALE = 250.       # w ∈ [0, 4] → the same phases [0, 1000) as t ∈ [0, 1] in LogSNREmbedding
 NUM_GROUPS = 32      # ADM's GroupNorm32
 NORM_EPS = 1e-5      # PyTorch's GroupNorm default, as in ADM
 
@@ -100,17 +104,50 @@ class LogSNREmbedding(nn.Module):
     return nn.Dense(self.emb_dim, name="dense_1")(nn.silu(h))
 
 
+class WEmbedding(nn.Module):
+  """w [B] → MLP(sinusoidal(W_SCALE w)) [B, emb_dim], float32; zero at init for every w.
+
+  The guidance weight as an input of a distillation student x̂_η(z_λ, c, w) (Meng et al.).
+  W_SCALE = 250 lets w ∈ [0, 4] span the phases that t ∈ [0, 1] spans in `LogSNREmbedding`
+  (TIME_SCALE = 1000). The last Dense, kernel and bias, starts at zero.
+  """
+  ch: int
+  emb_dim: int
+
+  @nn.compact
+  def __call__(self, w: Array) -> Array:
+    h = sinusoidal_embedding(W_SCALE * w, self.ch)
+    h = nn.Dense(self.emb_dim, name="dense_0")(h)
+    return nn.Dense(self.emb_dim, kernel_init=nn.initializers.zeros,
+                    bias_init=nn.initializers.zeros, name="dense_1")(nn.silu(h))
+
+
 def embed_condition(logsnr: Array, labels: Array, *, ch: int, emb_dim: int, num_classes: int,
-                    label_emb_std: float = 1.) -> Array:
+                    label_emb_std: float = 1., w: Array | None = None,
+                    w_emb_ch: int = 0) -> Array:
   """The ε-networks' embedding: LogSNREmbedding(λ) + a learned class embedding, float32.
 
   The class table has num_classes + 1 rows; the last, label `num_classes`, is ∅. Its
   entries start N(0, label_emb_std²); ADM's (PyTorch's nn.Embedding) start N(0, 1).
+  With w_emb_ch > 0, `WEmbedding(w_emb_ch)` of the guidance weight w (float [B], required
+  then, refused otherwise) is added. It starts at zero, so a w-network whose other
+  parameters are copied from a network without w computes that network's output for every
+  w: a distillation student starts from its teacher's weights.
   """
+  if w_emb_ch and w is None:
+    raise ValueError(f"This network takes the guidance weight w (w_emb_ch={w_emb_ch}); pass w, "
+                     f"float [B].")
+  if not w_emb_ch and w is not None:
+    raise ValueError("This network has no w input (w_emb_ch=0), but w was given.")
   emb = LogSNREmbedding(ch, emb_dim, name="logsnr_emb")(logsnr)
   table = nn.Embed(num_classes + 1, emb_dim, embedding_init=nn.initializers.normal(label_emb_std),
                    name="label_emb")
-  return emb + table(labels)
+  emb = emb + table(labels)
+  if w_emb_ch:
+    chex.assert_shape(w, logsnr.shape)
+    chex.assert_type(w, float)
+    emb = emb + WEmbedding(w_emb_ch, emb_dim, name="w_emb")(w)
+  return emb
 
 
 def scale_shift(h: Array, emb: Array, *, dtype: Dtype, name: str) -> Array:

@@ -31,6 +31,19 @@ def test_logsnr_embedding_is_finite_for_any_logsnr():
   chex.assert_tree_all_finite(emb)
 
 
+def test_w_embedding_is_zero_at_init_for_every_w_and_depends_on_w_once_trained(random_like):
+  assert 4. * layers.W_SCALE == layers.TIME_SCALE  # w ∈ [0, 4] spans the phases of t ∈ [0, 1]
+  w = jnp.array([0., 0.5, 2., 4.])
+  module = layers.WEmbedding(8, 16)
+  emb, variables = _init(module, w)
+  chex.assert_shape(emb, (4, 16))
+  np.testing.assert_array_equal(emb, 0.)
+  np.testing.assert_array_equal(variables["params"]["dense_1"]["bias"], 0.)
+  emb = module.apply(random_like(variables), w)
+  chex.assert_tree_all_finite(emb)
+  assert min(np.abs(emb[i] - emb[j]).max() for i in range(4) for j in range(i)) > 1e-3
+
+
 class _GroupNorm(nn.Module):
   @nn.compact
   def __call__(self, x):

@@ -49,3 +49,19 @@ def test_zero_at_init_and_sampler_contract(setup):
   x = sample_fn(params, jax.random.key(0), jnp.array([0, 1, 2], jnp.int32), 2.)
   chex.assert_shape(x, (3, 2))
   chex.assert_tree_all_finite(x)
+
+
+def test_a_w_mlp_needs_w_and_trains_its_w_embedding_from_zero(setup):
+  config, model, params = setup
+  w_model = model.clone(w_emb_ch=8)
+  z, logsnr = jnp.ones((3, 2)), jnp.zeros(3)
+  labels, w = jnp.array([0, 1, config.data.num_classes], jnp.int32), jnp.array([0., 1., 4.])
+  with pytest.raises(ValueError, match=r"takes the guidance weight w \(w_emb_ch=8\); pass w"):
+    w_model.apply({"params": params}, z, logsnr, labels, train=False)
+  fresh = w_model.init(jax.random.key(0), z, logsnr, labels, w, train=False)["params"]
+  w_params = params | {"w_emb": fresh["w_emb"]}
+  grads = jax.grad(lambda p: jnp.sum(w_model.apply({"params": p}, z, logsnr, labels, w,
+                                                   train=False) ** 2))(w_params)
+  # From zero, the last layer learns first; the first starts learning once it has moved.
+  assert np.abs(grads["w_emb"]["dense_1"]["kernel"]).max() > 0.
+  np.testing.assert_array_equal(grads["w_emb"]["dense_0"]["kernel"], 0.)

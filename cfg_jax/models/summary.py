@@ -67,7 +67,7 @@ def summarize(config: ml_collections.ConfigDict) -> str:
     rows[-1][3] += factory.count_params(params.get(name, {}))
 
   in_shapes = ", ".join(f"{n} [{_shape(x.shape[1:])}]"
-                        for n, x in zip(("z", "logsnr", "labels"), inputs))
+                        for n, x in zip(("z", "logsnr", "labels", "w"), inputs))
   lines = [f"{type(model).__name__} ({config.model.name}): {total:,} parameters "
            f"({total * 4 / 2**20:,.1f} MiB in float32), compute dtype {config.model.dtype}",
            f"per example: {in_shapes} -> {out.dtype} [{_shape(out.shape[1:])}]", "",

@@ -120,11 +120,19 @@ class ADMBase(nn.Module):
 
 
 class UNet(ADMBase):
-  """ε_θ(z_λ, λ, c) of Ho & Salimans: the class-conditional ADM UNet, float32 ε in NHWC."""
+  """ε_θ(z_λ, λ, c) of Ho & Salimans: the class-conditional ADM UNet, float32 ε in NHWC.
+
+  Attributes (besides `ADMBase`'s):
+    w_emb_ch: width of the guidance weight's sinusoidal embedding (`layers.WEmbedding`), for
+      a guided-distillation student x̂_η(z_λ, c, w); 0 = no w input.
+  """
+  w_emb_ch: int = 0
 
   @nn.compact
-  def __call__(self, z: Array, logsnr: Array, labels: Array, *, train: bool) -> Array:
-    """ε for z [B, H, W, C], logsnr float [B] and labels int [B] in [0, num_classes].
+  def __call__(self, z: Array, logsnr: Array, labels: Array, w: Array | None = None, *,
+               train: bool) -> Array:
+    """ε for z [B, H, W, C], logsnr float [B], labels int [B] in [0, num_classes] and, when
+    w_emb_ch > 0 (only then), w float [B].
 
     Label `num_classes` is ∅. Dropout draws from the 'dropout' rng when train=True.
     """
@@ -132,7 +140,8 @@ class UNet(ADMBase):
     chex.assert_shape(labels, (z.shape[0],))
     chex.assert_type(labels, int)
     emb = layers.embed_condition(logsnr, labels, ch=self.sinusoid_dim, emb_dim=self.emb_dim,
-                                 num_classes=self.num_classes, label_emb_std=self.label_emb_std)
+                                 num_classes=self.num_classes, label_emb_std=self.label_emb_std,
+                                 w=w, w_emb_ch=self.w_emb_ch)
     h, hs = self._encode(z, emb, train=train)
     for level, mult in reversed(list(enumerate(self.ch_mult))):
       for i in range(self.num_res_blocks + 1):

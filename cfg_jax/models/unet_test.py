@@ -138,6 +138,22 @@ def test_rejects_bad_inputs(setup):
     model.apply({"params": params}, z, logsnr, labels.astype(jnp.float32), train=False)
 
 
+def test_w_is_required_by_a_w_unet_and_refused_by_one_without(setup):
+  _, model, params, (z, logsnr, labels) = setup
+  w = jnp.full((B,), 2.)
+  with pytest.raises(ValueError, match=r"has no w input \(w_emb_ch=0\), but w was given"):
+    model.apply({"params": params}, z, logsnr, labels, w, train=False)
+  w_model = model.clone(w_emb_ch=16)
+  with pytest.raises(ValueError, match=r"takes the guidance weight w \(w_emb_ch=16\); pass w"):
+    w_model.apply({"params": params}, z, logsnr, labels, train=False)
+  init = lambda w: jax.eval_shape(lambda: w_model.init(jax.random.key(0), z, logsnr, labels, w,
+                                                       train=False))
+  chex.assert_shape(init(w)["params"]["w_emb"]["dense_0"]["kernel"], (16, 4 * 8))
+  for bad_w in (w[:2], w.astype(jnp.int32)):  # w is float [B]
+    with pytest.raises(AssertionError):
+      init(bad_w)
+
+
 def test_satisfies_the_sampler_apply_contract(setup):
   config, model, params, _ = setup
   apply_fn = models.make_apply_fn(model)
