@@ -163,10 +163,13 @@ class Evaluator:
 
 
 def sample_ours(run: runs.Run, *, sampler: str, ws: Sequence[float], labels: np.ndarray,
-                steps: int, batch_size: int, seed: int) -> dict[float, np.ndarray]:
-  """Samples of a restored run for each w: float images in [-1, 1]."""
+                steps: int, batch_size: int, seed: int,
+                guidance_interval: Sequence[float] = ()) -> dict[float, np.ndarray]:
+  """Samples of a restored run for each w: float images in [-1, 1]. guidance_interval is
+  (logsnr_lo, logsnr_hi), or () to guide every step."""
   batch_size = min(batch_size, len(labels))  # the last batch is padded to batch_size
-  sample_fn = runs.make_run_sample_fn(run, num_steps=steps, sampler=sampler)
+  sample_fn = runs.make_run_sample_fn(run, num_steps=steps, sampler=sampler,
+                                      guidance_interval=guidance_interval)
   return {w: x for _, w, x in runs.sample_guidance_grid(sample_fn, run, labels, ws=ws,
                                                         batch_size=batch_size, seed=seed)}
 
@@ -254,9 +257,11 @@ def report(results: dict[str, Any]) -> str:
     for r in results["training"].get(name, []):
       lines.append(f"| {name} | {r['minutes']:g} | {r['step']:,} | "
                    f"{results['params'].get(name, 0):,} |")
-  n = results["samples_per_w"]
-  lines += ["", f"{n} samples per w, {results['steps']} steps. Columns: accuracy on the "
-            "intended labels, FID, IS, precision, recall (eval-classifier features).", "",
+  n, interval = results["samples_per_w"], results["guidance_interval"]
+  guided = f"for λ in [{interval[0]:g}, {interval[1]:g}]" if interval else "at every step"
+  lines += ["", f"{n} samples per w, {results['steps']} steps; ours guided {guided}, the "
+            "peer at every step. Columns: accuracy on the intended labels, FID, IS, "
+            "precision, recall (eval-classifier features).", "",
             "| minutes | sampler | w | ours: acc | FID | IS | P | R "
             "| peer: acc | FID | IS | P | R |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -323,6 +328,7 @@ class Options:
   seed: int
   peer: bool
   overrides: list[str]
+  guidance_interval: tuple[float, ...] | None = None  # None: the run's; () every step
 
 
 def stage_train(o: Options) -> None:
@@ -352,6 +358,8 @@ def stage_evaluate(o: Options) -> dict[str, Any]:
   run_config = checkpointing.load_config(o.workdir / "ours")
   evaluator = Evaluator(run_config, cache_dir=o.workdir / "eval", num_samples=o.samples_per_w)
   labels, num_classes = evaluator.labels, run_config.data.num_classes
+  interval = tuple(run_config.sampling.guidance_interval if o.guidance_interval is None
+                   else o.guidance_interval)
   with_peer = o.peer and "peer" in training
   rows = []
   for mark in training["report_minutes"]:
@@ -360,7 +368,7 @@ def stage_evaluate(o: Options) -> dict[str, Any]:
     for sampler in SAMPLERS:
       common.progress(f"sampling ours at minute {mark:g}, {sampler}")
       ours = sample_ours(run, sampler=sampler, ws=o.ws, labels=labels, steps=o.steps,
-                         batch_size=o.batch_size, seed=o.seed)
+                         batch_size=o.batch_size, seed=o.seed, guidance_interval=interval)
       theirs = {}
       if with_peer:
         common.progress(f"sampling the peer at minute {mark:g}, {PEER_SAMPLER[sampler]}")
@@ -378,7 +386,7 @@ def stage_evaluate(o: Options) -> dict[str, Any]:
   floor = evaluator.floor()
   results = {"machine": training["machine"], "eval_machine": common.machine(),
              "report_minutes": training["report_minutes"], "samples_per_w": o.samples_per_w,
-             "steps": o.steps, "rows": rows, "floor": floor,
+             "steps": o.steps, "guidance_interval": list(interval), "rows": rows, "floor": floor,
              "training": {k: training[k] for k in ("ours", "peer") if k in training},
              "params": {"ours": models.num_params(models.create_model(run_config), run_config),
                         "peer": training.get("peer_params", 0)}}
@@ -406,6 +414,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, str]:
   parser.add_argument("--steps", type=int, default=STEPS, help="sampling steps")
   parser.add_argument("--batch_size", type=int, default=500, help="sampling batch")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--guidance_interval", default=None,
+                      help="lo,hi: guide ours only for λ in [lo, hi]; empty: every step "
+                           "(default: the preset's config.sampling.guidance_interval)")
   parser.add_argument("--stage", choices=("all", "train", "evaluate"), default="all")
   parser.add_argument("--no_peer", action="store_true", help="ours only")
   parser.add_argument("--override", action="append", default=[],
@@ -423,6 +434,16 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, str]:
   except ValueError as e:
     parser.error(str(e) if str(e).startswith("--") else
                  f"--report_minutes must be comma-separated numbers, got {args.report_minutes!r}.")
+  interval = None
+  if args.guidance_interval is not None:
+    try:
+      interval = tuple(float(b) for b in args.guidance_interval.split(",") if b.strip())
+      if (len(interval) not in (0, 2) or not all(map(math.isfinite, interval))
+          or (interval and interval[0] > interval[1])):
+        raise ValueError
+    except ValueError:
+      parser.error(f"--guidance_interval must be lo,hi with lo <= hi, or empty to guide "
+                   f"every step, got {args.guidance_interval!r}.")
   for name in ("samples_per_w", "steps", "batch_size"):
     if getattr(args, name) < (10 if name == "samples_per_w" else 1):
       parser.error(f"--{name} must be >= {10 if name == 'samples_per_w' else 1}, "
@@ -440,7 +461,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, str]:
           "the peer is skipped.", flush=True)
   return Options(pathlib.Path(args.workdir), pathlib.Path(args.config), args.minutes, marks,
                  args.samples_per_w, ws, args.steps, args.batch_size, args.seed, with_peer,
-                 args.override), args.stage
+                 args.override, interval), args.stage
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -20,7 +20,7 @@ def _bench(*flags, timeout=900):
 def test_two_minute_run_trains_samples_measures_and_reports(tmp_path):
   workdir = tmp_path / "bq"
   proc = _bench("--minutes=2", "--samples_per_w=20", "--ws=0,3", "--steps=4",
-                f"--workdir={workdir}", "--batch_size=20")
+                f"--workdir={workdir}", "--batch_size=20", "--guidance_interval=-5,1")
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
   results = json.loads((workdir / "results.json").read_text())
   ours = results["training"]["ours"]
@@ -36,6 +36,7 @@ def test_two_minute_run_trains_samples_measures_and_reports(tmp_path):
   assert "best FID / floor" in results["targets"]
   report = (workdir / "report.md").read_text()
   assert "| 2 | stochastic | 3 |" in report and "| real digits |" in report
+  assert results["guidance_interval"] == [-5., 1.] and "ours guided for λ in [-5, 1]" in report
   for sampler in quality.SAMPLERS:
     assert (workdir / f"grid_ours_{sampler}_w0.png").stat().st_size > 0
     assert (workdir / f"grid_ours_{sampler}_w3.png").exists()
@@ -52,6 +53,8 @@ def test_two_minute_run_trains_samples_measures_and_reports(tmp_path):
     (["--samples_per_w=5"], "--samples_per_w must be >= 10"),
     (["--steps=0"], "--steps must be >= 1"),
     (["--config=/nonexistent.py"], "--config=/nonexistent.py does not exist"),
+    (["--guidance_interval=2,1"], "--guidance_interval must be lo,hi with lo <= hi"),
+    (["--guidance_interval=1"], "--guidance_interval must be lo,hi with lo <= hi"),
 ])
 def test_bad_flags_are_named_before_anything_runs(tmp_path, flags, message):
   proc = _bench(*flags, f"--workdir={tmp_path / 'w'}", timeout=60)

@@ -39,6 +39,9 @@ def define_sampling_flags(*, default_w: Sequence[str], out_default: str, verb: s
   flags.DEFINE_enum("sampler", None, list(sampling.SAMPLERS),
                     "stochastic or ddim (default: the run's).")
   flags.DEFINE_bool("clip_x", None, "Clip x̃ to [-1, 1] (default: the run's).")
+  flags.DEFINE_list("guidance_interval", None,
+                    "lo,hi: guide only for λ in [lo, hi]; an empty value guides every step "
+                    "(default: the run's config.sampling.guidance_interval).")
   flags.DEFINE_string("classifier_workdir", None, "A classifier run, for classifier guidance.")
   flags.DEFINE_list("classifier_scale", None,
                     "Classifier guidance scales s (with --classifier_workdir).")
@@ -71,6 +74,7 @@ class SamplingOptions:
   v: float | None
   sampler: str | None
   clip_x: bool | None
+  guidance_interval: tuple[float, ...] | None  # () guides every step
   classifier_workdir: str | None
   classifier_scales: list[float] | None
 
@@ -80,9 +84,15 @@ def sampling_options(out_default: str) -> SamplingOptions:
   for name in ("steps", "batch_size"):
     if FLAGS[name].value < 1:
       raise app.UsageError(f"--{name} must be >= 1, got {FLAGS[name].value}.")
+  interval = parse_floats("guidance_interval", FLAGS.guidance_interval)
+  if interval is not None and not (interval == [] or (len(interval) == 2
+                                                      and interval[0] <= interval[1])):
+    raise app.UsageError(f"--guidance_interval must be lo,hi with lo <= hi, or empty to guide "
+                         f"every step, got {','.join(FLAGS.guidance_interval)}.")
   return SamplingOptions(
       workdir=FLAGS.workdir, step=FLAGS.step, ws=parse_floats("w", FLAGS.w), steps=FLAGS.steps,
       out=epath.Path(FLAGS.out or epath.Path(FLAGS.workdir) / out_default), seed=FLAGS.seed,
       batch_size=FLAGS.batch_size, v=FLAGS.sampling_v, sampler=FLAGS.sampler,
-      clip_x=FLAGS.clip_x, classifier_workdir=FLAGS.classifier_workdir,
+      clip_x=FLAGS.clip_x, guidance_interval=None if interval is None else tuple(interval),
+      classifier_workdir=FLAGS.classifier_workdir,
       classifier_scales=parse_floats("classifier_scale", FLAGS.classifier_scale))

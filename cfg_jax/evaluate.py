@@ -85,7 +85,8 @@ def main(argv):
         eval_classifier_dir=f.eval_classifier_dir, num_real=f.num_real, k=f.k,
         is_splits=f.is_splits, batch_size=options.batch_size,
         feature_batch_size=f.feature_batch_size, seed=options.seed, v=options.v,
-        sampler=options.sampler, clip_x=options.clip_x)
+        sampler=options.sampler, clip_x=options.clip_x,
+        guidance_interval=options.guidance_interval)
   if jax.process_index() == 0:
     print((options.out / "metrics.md").read_text())
     print(f"Wrote {len(rows)} rows to {options.out}: metrics.csv, metrics.md, fid_vs_is.png")

@@ -32,7 +32,7 @@ def generate(workdir: epath.PathLike, *, ws: Sequence[float | None], num_steps: 
            out: epath.PathLike, num_samples: int | None = None, per_class: int | None = None,
            labels: Sequence[int] | None = None, step: int | None = None, seed: int = 0,
            batch_size: int = 256, v: float | None = None, sampler: str | None = None,
-           clip_x: bool | None = None, guidance_interval: tuple[float, float] | None = None,
+           clip_x: bool | None = None, guidance_interval: Sequence[float] | None = None,
            classifier_workdir: epath.PathLike | None = None,
            classifier_scales: Sequence[float] | None = None,
            unconditional: bool = False) -> list[str]:
@@ -68,7 +68,6 @@ def _define_flags() -> None:
   flags.DEFINE_integer("num_samples", None, "Samples per w, spread evenly over the classes.")
   flags.DEFINE_integer("per_class", None, "Samples of each class per w (instead of num_samples).")
   flags.DEFINE_list("labels", None, "Explicit class labels to sample (instead of num_samples).")
-  flags.DEFINE_list("guidance_interval", None, "lo,hi: guide only for λ in [lo, hi].")
   flags.DEFINE_bool("unconditional", False, "Run the diffusion model on ∅ only; the labels "
                     "steer the classifier (classifier guidance of an unconditional model).")
 
@@ -78,11 +77,6 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
   options = cli.sampling_options(OUT_DEFAULT)
-  interval = None
-  if f.guidance_interval is not None:
-    interval = tuple(cli.parse_floats("guidance_interval", f.guidance_interval))
-    if len(interval) != 2:
-      raise app.UsageError("--guidance_interval must be lo,hi.")
   ws = options.ws
   if f.unconditional:
     if options.classifier_workdir is None or f["w"].present:
@@ -96,7 +90,7 @@ def main(argv):
         num_samples=f.num_samples, per_class=f.per_class,
         labels=None if f.labels is None else [int(x) for x in f.labels], step=options.step,
         seed=options.seed, batch_size=options.batch_size, v=options.v, sampler=options.sampler,
-        clip_x=options.clip_x, guidance_interval=interval,
+        clip_x=options.clip_x, guidance_interval=options.guidance_interval,
         classifier_workdir=options.classifier_workdir,
         classifier_scales=options.classifier_scales, unconditional=f.unconditional)
   print(f"Wrote {len(names)} grids and npz files to {options.out}")

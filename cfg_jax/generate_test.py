@@ -32,6 +32,28 @@ def test_generate_cli_writes_grids_and_npz_and_interval_outside_equals_w0(tmp_pa
     np.testing.assert_array_equal(a["points"], b["points"])
 
 
+def test_the_runs_guidance_interval_is_the_default_and_an_empty_flag_guides_every_step(
+    tmp_path):
+  config = test_configs.toy2d(num_steps=4)
+  config.sampling.guidance_interval = (30., 40.)  # holds no step of the schedule
+  train.train(config, str(tmp_path / "run"))
+  for name, flags in (("w0", ["--w=0"]), ("default", ["--w=3"]),
+                      ("every", ["--w=3", "--guidance_interval="])):
+    done = _sample(tmp_path / "run", tmp_path / name, "--per_class=5", *flags)
+    assert done.returncode == 0, done.stderr[-3000:]
+  points = lambda name, w: np.load(tmp_path / name / f"w{w}.npz")["points"]
+  np.testing.assert_array_equal(points("default", 3), points("w0", 0))
+  run = runs.load_run(tmp_path / "run")
+  every = runs.sample_in_batches(runs.make_run_sample_fn(run, num_steps=8, guidance_interval=()),
+                                 run.params, runs.make_labels(3, per_class=5), w=3.,
+                                 batch_size=16, seed=0, progress=False)
+  np.testing.assert_allclose(points("every", 3), every, rtol=1e-5, atol=1e-5)
+  assert not np.allclose(points("every", 3), points("w0", 0))
+  done = _sample(tmp_path / "run", tmp_path / "bad", "--w=3", "--guidance_interval=2,1")
+  assert done.returncode != 0 and "--guidance_interval must be lo,hi with lo <= hi" in (
+      done.stderr)
+
+
 def test_generate_cli_rejects_bad_inputs(tmp_path):
   train.train(test_configs.toy2d(num_steps=4), str(tmp_path / "run"))
   done = _sample(tmp_path / "run", tmp_path / "out", "--w=nan", "--per_class=1")

@@ -98,11 +98,15 @@ def make_labels(num_classes: int, *, num_samples: int | None = None,
 
 def make_run_sample_fn(run: Run, *, num_steps: int, v: float | None = None,
                        sampler: str | None = None, clip_x: bool | None = None,
-                       guidance_interval: tuple[float, float] | None = None,
+                       guidance_interval: Sequence[float] | None = None,
                        classifier: Run | None = None, condition_model: bool = True) -> Any:
-  """`make_sample_fn` for a restored run; None options default to the run's sampling config."""
+  """`make_sample_fn` for a restored run; None options default to the run's sampling config.
+
+  guidance_interval is (logsnr_lo, logsnr_hi), or () to guide at every step.
+  """
   config = run.config
   s = config.sampling
+  interval = tuple(s.guidance_interval if guidance_interval is None else guidance_interval)
   classifier_fn = None
   if classifier is not None:
     classifier_fn = lambda p, z, logsnr: classifier.model.apply({"params": p}, z, logsnr,
@@ -113,7 +117,7 @@ def make_run_sample_fn(run: Run, *, num_steps: int, v: float | None = None,
       v=s.v if v is None else v, logsnr_min=config.diffusion.logsnr_min,
       logsnr_max=config.diffusion.logsnr_max, prediction=config.diffusion.prediction,
       sampler=s.sampler if sampler is None else sampler,
-      clip_x=s.clip_x if clip_x is None else clip_x, guidance_interval=guidance_interval,
+      clip_x=s.clip_x if clip_x is None else clip_x, guidance_interval=interval or None,
       classifier_fn=classifier_fn, condition_model=condition_model)
 
 

@@ -102,7 +102,8 @@ def evaluate(workdir: epath.PathLike, *, ws: Sequence[float], num_samples: int, 
              eval_classifier_dir: epath.PathLike | None = None, num_real: int | None = None,
              k: int = 3, is_splits: int = 10, batch_size: int = 256,
              feature_batch_size: int = 64, seed: int = 0, v: float | None = None,
-             sampler: str | None = None, clip_x: bool | None = None) -> list[dict[str, Any]]:
+             sampler: str | None = None, clip_x: bool | None = None,
+             guidance_interval: Sequence[float] | None = None) -> list[dict[str, Any]]:
   """Samples the run in `workdir` at every (s, w), measures the samples, writes the results.
 
   Arguments are the flags of `python -m cfg_jax.evaluate` of the same names but
@@ -123,7 +124,7 @@ def evaluate(workdir: epath.PathLike, *, ws: Sequence[float], num_samples: int, 
                                    cache_dir=workdir / "fid_stats", batch_size=feature_batch_size)
   labels = runs.make_labels(run.config.data.num_classes, num_samples=num_samples)
   sample_fn = runs.make_run_sample_fn(run, num_steps=steps, v=v, sampler=sampler, clip_x=clip_x,
-                                      classifier=classifier)
+                                      guidance_interval=guidance_interval, classifier=classifier)
   rows = []
   for scale, w, x in runs.sample_guidance_grid(
       sample_fn, run, labels, ws=ws, classifier=classifier, classifier_scales=classifier_scales,
@@ -135,9 +136,12 @@ def evaluate(workdir: epath.PathLike, *, ws: Sequence[float], num_samples: int, 
     rows.append(row)
   if jax.process_index() == 0:
     s = run.config.sampling
+    interval = tuple(s.guidance_interval if guidance_interval is None else guidance_interval)
+    guided = f"for λ in [{interval[0]:g}, {interval[1]:g}]" if interval else "at every step"
     notes = [f"{num_samples} samples per row, labels spread evenly over "
              f"{run.config.data.num_classes} classes; T = {steps} steps, sampler "
-             f"{sampler or s.sampler}, v = {s.v if v is None else v}, seed {seed}.",
+             f"{sampler or s.sampler}, v = {s.v if v is None else v}, guidance {guided}, "
+             f"seed {seed}.",
              f"Features: {net.name}; data: {run.config.data.source!r}, {len(real.features)} "
              f"examples; precision/recall with k = {k}; IS over {is_splits} splits."]
     if "eval_classifier_held_out_accuracy" in net.info:
