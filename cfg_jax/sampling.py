@@ -13,6 +13,9 @@ unconditional. Each guided step evaluates the conditional and unconditional netw
 ONE forward pass on the doubled batch [z; z] with labels [c; ∅]. `w=None` skips guidance
 altogether: one pass per step on the labels as given.
 
+`make_student_sample_fn` is the sampler of a guided-distillation student (Meng et al.),
+a network that takes w as an input: the same call, one pass per deterministic step.
+
 The combination is taken on the network output in its own parameterization: ε, x and v
 are affine in each other with the same z, so mixing any of them is the paper's mix of ε.
 """
@@ -110,6 +113,7 @@ class StepOptions:
   condition_model: bool
   classifier_fn: guidance.ClassifierFn | None
   guidance_interval: tuple[float, float] | None
+  w_input: bool = False  # apply_fn(params, z, logsnr, labels, w): w is the network's input
 
 
 def network_output(opts: StepOptions, params: Any, z: Array, logsnr: Array, labels: Array,
@@ -119,6 +123,9 @@ def network_output(opts: StepOptions, params: Any, z: Array, logsnr: Array, labe
   With a guidance interval, `guide` (a traced bool) picks the guided or the single pass.
   """
   model_labels = labels if opts.condition_model else jnp.full_like(labels, opts.null_label)
+  if opts.w_input:
+    return opts.apply_fn(params, z, logsnr, labels, jnp.broadcast_to(w, logsnr.shape)
+                         ).astype(jnp.float32)
   unguided = lambda: opts.apply_fn(params, z, logsnr, model_labels).astype(jnp.float32)
   if w is None:
     return unguided()
@@ -194,16 +201,15 @@ class SampleFn:
   their arguments first, before anything is traced.
   """
 
-  def __init__(self, opts: StepOptions, *, shape: tuple[int, ...], num_steps: int,
-               logsnr_min: float, logsnr_max: float, return_trajectory: bool):
-    self.opts, self.shape, self.num_steps = opts, shape, num_steps
+  def __init__(self, opts: StepOptions, *, shape: tuple[int, ...], logsnrs: np.ndarray,
+               logsnrs_next: np.ndarray, return_trajectory: bool):
+    """Step i goes from logsnrs[i] to logsnrs_next[i]; the last one returns x̃."""
+    self.opts, self.shape, self.num_steps = opts, shape, len(logsnrs)
     self.return_trajectory = return_trajectory
-    self.logsnrs = np.asarray(schedules.sampling_logsnrs(num_steps, logsnr_min=logsnr_min,
-                                                         logsnr_max=logsnr_max))
-    # The last step returns x̃; its "next" λ only keeps the unused branch finite.
-    self.logsnrs_next = np.append(self.logsnrs[1:], self.logsnrs[-1] + 1.).astype(np.float32)
+    self.logsnrs = np.asarray(logsnrs, np.float32)
+    self.logsnrs_next = np.asarray(logsnrs_next, np.float32)
     interval = opts.guidance_interval
-    self.guided = (np.ones(num_steps, bool) if interval is None else
+    self.guided = (np.ones(self.num_steps, bool) if interval is None else
                    (self.logsnrs >= interval[0]) & (self.logsnrs <= interval[1]))
     self._scan = xla_options.jit(self._sample)
     self._init_jit = xla_options.jit(self._init)
@@ -239,6 +245,8 @@ class SampleFn:
     opts = self.opts
     labels = _check_labels(labels, opts.null_label)
     w = _check_weight("w", w, labels.shape[0])
+    if w is None and opts.w_input:
+      raise ValueError("w is an input of this student network: pass w, a float or a [B] array.")
     if w is not None and not opts.condition_model:
       raise ValueError("w (classifier-free guidance) needs a conditional model; this sampler "
                        "was made with condition_model=False.")
@@ -322,6 +330,34 @@ def make_sample_fn(apply_fn: ApplyFn, *, shape: tuple[int, ...], num_steps: int,
   opts = StepOptions(apply_fn=apply_fn, null_label=int(null_label), v=v, prediction=prediction,
                      sampler=sampler, clip_x=clip_x, condition_model=condition_model,
                      classifier_fn=classifier_fn, guidance_interval=guidance_interval)
-  return SampleFn(opts, shape=tuple(int(d) for d in shape), num_steps=int(num_steps),
-                  logsnr_min=logsnr_min, logsnr_max=logsnr_max,
-                  return_trajectory=return_trajectory)
+  logsnrs = np.asarray(schedules.sampling_logsnrs(num_steps, logsnr_min=logsnr_min,
+                                                  logsnr_max=logsnr_max))
+  # The last step returns x̃; its "next" λ only keeps the unused branch finite.
+  logsnrs_next = np.append(logsnrs[1:], logsnrs[-1] + 1.)
+  return SampleFn(opts, shape=tuple(int(d) for d in shape), logsnrs=logsnrs,
+                  logsnrs_next=logsnrs_next, return_trajectory=return_trajectory)
+
+
+def make_student_sample_fn(apply_fn: Callable[..., Array], *, shape: tuple[int, ...],
+                           num_steps: int, null_label: int, logsnr_min: float = -20.,
+                           logsnr_max: float = 20., prediction: str = "v",
+                           clip_x: bool = False, return_trajectory: bool = False) -> SampleFn:
+  """The sampler of a guided-distillation student: `sample_fn(params, rng, labels, w)`.
+
+  `apply_fn(params, z, logsnr, labels, w) -> out` takes the guidance weight w (float [B])
+  as an input (`models.make_apply_fn` of a network with w_emb_ch > 0). The N = num_steps
+  deterministic (DDIM) steps go along `schedules.halving_logsnrs(N)`, one network pass
+  each, from z_1 ~ N(0, I) at λ_min; the last returns x̃. w is required: a float, a
+  scalar or a [B] array, validated as `make_sample_fn`'s; so are the other arguments.
+  `sample_fn.lower` and `sample_fn.loop` are as for `make_sample_fn`.
+  """
+  _check_options(shape=shape, num_steps=num_steps, null_label=null_label, v=0.,
+                 logsnr_min=logsnr_min, logsnr_max=logsnr_max, prediction=prediction,
+                 sampler="ddim", guidance_interval=None)
+  opts = StepOptions(apply_fn=apply_fn, null_label=int(null_label), v=0., prediction=prediction,
+                     sampler="ddim", clip_x=clip_x, condition_model=True, classifier_fn=None,
+                     guidance_interval=None, w_input=True)
+  logsnrs = np.asarray(schedules.halving_logsnrs(num_steps, logsnr_min=logsnr_min,
+                                                 logsnr_max=logsnr_max))
+  return SampleFn(opts, shape=tuple(int(d) for d in shape), logsnrs=logsnrs[:-1],
+                  logsnrs_next=logsnrs[1:], return_trajectory=return_trajectory)

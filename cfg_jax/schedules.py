@@ -103,3 +103,14 @@ def sampling_logsnrs(num_steps: int, *, logsnr_min: float = -20.,
     return jnp.full((1,), logsnr_min, jnp.float32)
   u = jnp.linspace(1., 0., num_steps, dtype=jnp.float32)
   return logsnr_schedule_cosine(u, logsnr_min=logsnr_min, logsnr_max=logsnr_max)
+
+
+def halving_logsnrs(num_steps: int, *, logsnr_min: float = -20.,
+                    logsnr_max: float = 20.) -> Array:
+  """λ_0 = λ_min < ... < λ_N = λ_max at u = 1 - k/N: the grid of N deterministic steps,
+  each from one value to the next. The grid of 2N steps holds it at every other value, so
+  one step can be distilled from two (progressive distillation)."""
+  if num_steps < 1:
+    raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
+  u = 1. - jnp.arange(num_steps + 1, dtype=jnp.float32) / num_steps
+  return logsnr_schedule_cosine(u, logsnr_min=logsnr_min, logsnr_max=logsnr_max)
