@@ -29,7 +29,8 @@ def define_sampling_flags(*, default_w: Sequence[str], out_default: str, verb: s
   flags.DEFINE_integer("step", None, f"The checkpoint (training step) to {verb}; default: the "
                        "newest that restores. Not --steps, the sampling steps.")
   flags.DEFINE_list("w", list(default_w), "Guidance weights w (paper's; scale = 1 + w).")
-  flags.DEFINE_integer("steps", 256, "Sampling steps T.")
+  flags.DEFINE_integer("steps", None, "Sampling steps T (default: the run's "
+                       "config.sampling.num_steps; a distilled student's: its own).")
   flags.DEFINE_string("out", None, f"Output folder (default <workdir>/{out_default}).")
   flags.DEFINE_integer("seed", 0, "Sampling seed.")
   flags.DEFINE_integer("batch_size", 256, "Samples per device call (global, over all devices).")
@@ -67,7 +68,7 @@ class SamplingOptions:
   workdir: str
   step: int | None
   ws: list[float]
-  steps: int
+  steps: int | None
   out: epath.Path
   seed: int
   batch_size: int
@@ -82,7 +83,7 @@ class SamplingOptions:
 def sampling_options(out_default: str) -> SamplingOptions:
   """The flags of `define_sampling_flags`, checked; a UsageError names a bad one."""
   for name in ("steps", "batch_size"):
-    if FLAGS[name].value < 1:
+    if FLAGS[name].value is not None and FLAGS[name].value < 1:
       raise app.UsageError(f"--{name} must be >= 1, got {FLAGS[name].value}.")
   interval = parse_floats("guidance_interval", FLAGS.guidance_interval)
   if interval is not None and not (interval == [] or (len(interval) == 2

@@ -229,25 +229,89 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None
   relations between fields (batch split over devices, image size against the UNet's
   downsampling, attention heads against channels, λ range, a w input only for ε-networks).
   """
-  fields = flatten(config)
-  unknown = sorted(set(fields) - set(RULES))
-  if unknown:
-    raise ValueError(f"Unknown config field(s) {['config.' + k for k in unknown]}; the fields "
-                     f"are those of cfg_jax.config_lib.base_config().")
-  missing = sorted(set(RULES) - set(fields))
-  if missing:
-    raise ValueError(f"Missing config field(s) {['config.' + k for k in missing]}; start presets "
-                     f"from cfg_jax.config_lib.base_config().")
-  for name in RULES:
-    check_field(name, fields[name])
+  _check_fields(config, RULES, "base_config")
   _validate_relations(config, num_devices)
 
 
-def check_field(name: str, value) -> None:
-  """ValueError naming config.<name> and what RULES allows, unless `value` passes."""
-  check, allowed = RULES[name]
+def _check_fields(config: ml_collections.ConfigDict, rules: dict, base: str) -> None:
+  """ValueError unless `config` has exactly the fields of `rules`, each one allowed."""
+  fields = flatten(config)
+  unknown = sorted(set(fields) - set(rules))
+  if unknown:
+    raise ValueError(f"Unknown config field(s) {['config.' + k for k in unknown]}; the fields "
+                     f"are those of cfg_jax.config_lib.{base}().")
+  missing = sorted(set(rules) - set(fields))
+  if missing:
+    raise ValueError(f"Missing config field(s) {['config.' + k for k in missing]}; start presets "
+                     f"from cfg_jax.config_lib.{base}().")
+  for name in rules:
+    check_field(name, fields[name], rules)
+
+
+def check_field(name: str, value, rules: dict | None = None) -> None:
+  """ValueError naming config.<name> and what `rules` (default RULES) allows, unless `value`
+  passes."""
+  check, allowed = (rules or RULES)[name]
   if not check(value):
     raise ValueError(f"config.{name}={value!r} is invalid: it must be {allowed}.")
+
+
+# The optimizer, checkpoint and log fields of `training` that a distillation phase takes
+# from its own config; its teacher's data, model and diffusion fields stay.
+DISTILL_TRAINING_FIELDS = ("batch_size", "learning_rate", "warmup_steps", "lr_schedule",
+                           "grad_clip_norm", "weight_decay", "adam_b1", "adam_b2", "adam_eps",
+                           "ema_decay", "checkpoint_every", "max_to_keep", "log_every",
+                           "sample_every", "nonfinite")
+
+
+def distill_base_config() -> ml_collections.ConfigDict:
+  """Defaults of a guided-distillation config (python -m cfg_jax.distill). Groups: distill
+  (the student's w input and the two stages), training (DISTILL_TRAINING_FIELDS)."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.distill = distill = ml_collections.ConfigDict()
+  distill.w_min = 0.           # w ~ U[w_min, w_max] per example, in both stages
+  distill.w_max = 4.
+  distill.w_emb_ch = 64        # the student's model.w_emb_ch
+  distill.start_steps = 64     # the stage-1 student's DDIM steps: stage 2's first teacher
+  distill.target_steps = 4     # stage 2 halves start_steps down to this, one round a halving
+  distill.stage1_steps = 10_000  # optimizer steps of stage 1
+  distill.round_steps = 5_000    # optimizer steps of each round of stage 2
+  defaults = base_config().training
+  config.training = ml_collections.ConfigDict({k: defaults[k] for k in DISTILL_TRAINING_FIELDS})
+  return config
+
+
+DISTILL_RULES = {
+    "seed": RULES["seed"],
+    "distill.w_min": _real_in(-1, math.inf, hi_open=True),
+    "distill.w_max": _real_in(-1, math.inf, hi_open=True),
+    "distill.w_emb_ch": ((lambda x: _is_int(x) and x >= 2 and x % 2 == 0), "an even int >= 2"),
+    "distill.start_steps": _int_at_least(1),
+    "distill.target_steps": _int_at_least(1),
+    "distill.stage1_steps": _int_at_least(1),
+    "distill.round_steps": _int_at_least(1),
+    **{f"training.{k}": RULES[f"training.{k}"] for k in DISTILL_TRAINING_FIELDS},
+}
+
+
+def validate_distill(config: ml_collections.ConfigDict, *, num_devices: int = 1) -> None:
+  """Raises ValueError naming the first bad field of a distillation config: each field
+  against DISTILL_RULES, a non-empty w range, start_steps a power-of-two multiple of
+  target_steps, the batch split over the devices."""
+  _check_fields(config, DISTILL_RULES, "distill_base_config")
+  d = config.distill
+  if not d.w_min < d.w_max:
+    raise ValueError(f"config.distill.w_min={d.w_min} must be below config.distill.w_max="
+                     f"{d.w_max}: w is drawn from [w_min, w_max].")
+  ratio = d.start_steps // d.target_steps
+  if d.start_steps % d.target_steps or ratio & (ratio - 1):
+    raise ValueError(f"config.distill.start_steps={d.start_steps} must be config.distill."
+                     f"target_steps={d.target_steps} times a power of two: each round of stage "
+                     f"2 halves the steps.")
+  if config.training.batch_size % num_devices:
+    raise ValueError(f"config.training.batch_size={config.training.batch_size} must be divisible "
+                     f"by the number of devices ({num_devices}).")
 
 
 def example_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:

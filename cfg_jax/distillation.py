@@ -23,7 +23,6 @@ parameters bound, so a caller chooses eval or train mode (dropout) for each.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import jax
@@ -36,14 +35,6 @@ from cfg_jax import schedules
 
 Array = jax.Array
 Net = Callable[..., Array]  # net(z, logsnr, labels[, w]) -> output in its parameterization
-
-
-def check_w_range(w_min: float, w_max: float, *, prefix: str = "") -> None:
-  """ValueError naming the fields unless w_min < w_max, both finite and w_min >= -1."""
-  ok = all(isinstance(b, (int, float)) and math.isfinite(b) for b in (w_min, w_max))
-  if not (ok and -1. <= w_min < w_max):
-    raise ValueError(f"{prefix}w_min={w_min!r} and {prefix}w_max={w_max!r} must be finite with "
-                     f"-1 <= w_min < w_max: the range that w is drawn from is empty otherwise.")
 
 
 def x_loss(x_pred: Array, x_target: Array, logsnr: Array) -> Array:

@@ -119,10 +119,3 @@ def test_the_student_sampler_runs_one_pass_per_step_and_needs_w():
     sample_fn(None, jax.random.PRNGKey(0), labels)
   with pytest.raises(ValueError, match="num_steps must be an int >= 1"):
     sampling.make_student_sample_fn(student, shape=(2,), num_steps=0, null_label=NULL)
-
-
-@pytest.mark.parametrize("w_min,w_max", [(2., 2.), (3., 1.), (-2., 1.), (0., float("inf"))])
-def test_an_empty_or_unbounded_w_range_is_refused(w_min, w_max):
-  with pytest.raises(ValueError, match=r"distill.w_min=.* and distill.w_max=.* must be finite "
-                                       r"with -1 <= w_min < w_max"):
-    distillation.check_w_range(w_min, w_max, prefix="distill.")

@@ -28,7 +28,7 @@ from cfg_jax import runtime
 OUT_DEFAULT = "samples_cli"  # under the workdir
 
 
-def generate(workdir: epath.PathLike, *, ws: Sequence[float | None], num_steps: int,
+def generate(workdir: epath.PathLike, *, ws: Sequence[float | None], num_steps: int | None,
            out: epath.PathLike, num_samples: int | None = None, per_class: int | None = None,
            labels: Sequence[int] | None = None, step: int | None = None, seed: int = 0,
            batch_size: int = 256, v: float | None = None, sampler: str | None = None,

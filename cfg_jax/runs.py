@@ -1,11 +1,14 @@
 """A trained run: restore it, build its sampler, sample in device batches, write outputs.
 
-Shared by the generate and evaluate CLIs and by the training loop's sample grids.
+Shared by the generate and evaluate CLIs and by the training loop's sample grids. A
+guided-distillation folder (`python -m cfg_jax.distill`) holds one run per phase,
+stage1/ and steps_<N>/; `load_run` of the folder restores its last phase done.
 """
 from __future__ import annotations
 
 import dataclasses
 import io
+import re
 from typing import Any, Iterator, Sequence
 
 from absl import logging
@@ -33,13 +36,49 @@ class Run:
   step: int
 
 
+DISTILL_FILE = "distill.json"  # marks a guided-distillation folder: its teacher, its phases
+STAGE1 = "stage1"
+
+
+def phase_dir_name(num_steps: int) -> str:
+  """The folder of the stage-2 round whose student samples in num_steps steps."""
+  return f"steps_{num_steps}"
+
+
+def last_phase(workdir: epath.PathLike) -> epath.Path:
+  """The phase of a distillation folder that was distilled furthest and has a checkpoint:
+  the steps_<N> of the smallest N, else stage1."""
+  workdir = epath.Path(workdir)
+  done = [p for p in workdir.iterdir() if p.is_dir() and _has_checkpoint(p)]
+  rounds = sorted((int(m.group(1)), p) for p in done
+                  if (m := re.fullmatch(r"steps_(\d+)", p.name)))
+  if rounds:
+    return rounds[0][1]
+  if workdir / STAGE1 in done:
+    return workdir / STAGE1
+  raise FileNotFoundError(f"--workdir={workdir} is a distillation with no checkpoint yet.")
+
+
+def _has_checkpoint(workdir: epath.Path) -> bool:
+  if not (workdir / "checkpoints").exists():
+    return False
+  checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
+  try:
+    return checkpointer.latest_step() is not None
+  finally:
+    checkpointer.close()
+
+
 def load_run(workdir: epath.PathLike, *, step: int | None = None) -> Run:
   """Restores the config and EMA params of a training run, replicated.
 
-  The newest checkpoint that restores, or `step` (see `Checkpointer.restore_newest`).
-  The checkpoints are opened read-only: reading never disturbs a run that is training.
+  The newest checkpoint that restores, or `step` (see `Checkpointer.restore_newest`). A
+  distillation folder stands for its `last_phase`. The checkpoints are opened read-only:
+  reading never disturbs a run that is training.
   """
   extras.check_path(workdir, flag="--workdir")
+  if (epath.Path(workdir) / DISTILL_FILE).exists():
+    workdir = last_phase(workdir)
   config = checkpointing.load_config(workdir)
   config_lib.validate(config)
   model = models.create_model(config)
@@ -96,17 +135,31 @@ def make_labels(num_classes: int, *, num_samples: int | None = None,
   return (np.arange(num_samples) % num_classes).astype(np.int32)
 
 
-def make_run_sample_fn(run: Run, *, num_steps: int, v: float | None = None,
+def make_run_sample_fn(run: Run, *, num_steps: int | None = None, v: float | None = None,
                        sampler: str | None = None, clip_x: bool | None = None,
                        guidance_interval: Sequence[float] | None = None,
                        classifier: Run | None = None, condition_model: bool = True) -> Any:
   """`make_sample_fn` for a restored run; None options default to the run's sampling config.
 
-  guidance_interval is (logsnr_lo, logsnr_hi), or () to guide at every step.
+  guidance_interval is (logsnr_lo, logsnr_hi), or () to guide at every step. A distilled
+  student (a network with a w input) gets `make_student_sample_fn`: deterministic, one
+  pass per step, without guidance options.
   """
   config = run.config
   s = config.sampling
+  num_steps = num_steps or s.num_steps
   interval = tuple(s.guidance_interval if guidance_interval is None else guidance_interval)
+  clip_x = s.clip_x if clip_x is None else clip_x
+  if models.takes_w(run.model):
+    if (sampler or "ddim") != "ddim" or interval or classifier or not condition_model:
+      raise ValueError("A distilled student samples deterministically with w as its input: "
+                       "it takes no --sampler=stochastic, --guidance_interval, classifier or "
+                       "unconditional sampling.")
+    return sampling.make_student_sample_fn(
+        models.make_apply_fn(run.model), shape=config_lib.example_shape(config),
+        num_steps=num_steps, null_label=config.data.num_classes,
+        logsnr_min=config.diffusion.logsnr_min, logsnr_max=config.diffusion.logsnr_max,
+        prediction=config.diffusion.prediction, clip_x=clip_x)
   classifier_fn = None
   if classifier is not None:
     classifier_fn = lambda p, z, logsnr: classifier.model.apply({"params": p}, z, logsnr,
@@ -116,8 +169,8 @@ def make_run_sample_fn(run: Run, *, num_steps: int, v: float | None = None,
       num_steps=num_steps, null_label=config.data.num_classes,
       v=s.v if v is None else v, logsnr_min=config.diffusion.logsnr_min,
       logsnr_max=config.diffusion.logsnr_max, prediction=config.diffusion.prediction,
-      sampler=s.sampler if sampler is None else sampler,
-      clip_x=s.clip_x if clip_x is None else clip_x, guidance_interval=interval or None,
+      sampler=s.sampler if sampler is None else sampler, clip_x=clip_x,
+      guidance_interval=interval or None,
       classifier_fn=classifier_fn, condition_model=condition_model)
 
 

@@ -83,10 +83,12 @@ def create_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientT
 
 
 def create_train_state(config: ml_collections.ConfigDict, model: Any,
-                       tx: optax.GradientTransformation) -> TrainState:
-  """A fresh state: initialized params, EMA = params, optimizer state, base rng."""
+                       tx: optax.GradientTransformation, params: Any = None) -> TrainState:
+  """A fresh state: params (initialized unless given), EMA = params, optimizer state, base
+  rng."""
   rng = jax.random.PRNGKey(config.seed)
-  params = models.init_params(model, jax.random.fold_in(rng, 0), config)
+  if params is None:
+    params = models.init_params(model, jax.random.fold_in(rng, 0), config)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
                     opt_state=tx.init(params), rng=rng, nonfinite_steps=jnp.zeros((), jnp.int32),
                     first_nonfinite_step=jnp.full((), -1, jnp.int32))
@@ -128,18 +130,24 @@ def classifier_loss(params, model, batch, rng, config) -> tuple[jax.Array, dict[
   return loss, {"loss": loss, "accuracy": accuracy}
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Any,
-               tx: optax.GradientTransformation, schedule: optax.Schedule,
-               config: ml_collections.ConfigDict) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(state: TrainState, batch: dict[str, jax.Array], frozen: Any = None, *,
+               model: Any, tx: optax.GradientTransformation, schedule: optax.Schedule,
+               config: ml_collections.ConfigDict, loss_fn: Any = None
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on the global batch, then the EMA update.
+
+  `loss_fn(params, model, batch, rng, config[, frozen]) -> (loss, metrics)` defaults to
+  Algorithm 1's or the classifier's loss; `frozen` is what it reads but does not train
+  (a distillation teacher's params), passed only when not None.
 
   A step whose loss or gradient is not finite changes nothing but the step and the
   non-finite counters, so the state (and every checkpoint of it) stays finite.
   """
-  loss_fn = classifier_loss if models.is_classifier(config) else diffusion_loss
+  if loss_fn is None:
+    loss_fn = classifier_loss if models.is_classifier(config) else diffusion_loss
   rng = jax.random.fold_in(state.rng, state.step)
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params, model, batch, rng, config)
+      state.params, model, batch, rng, config, *(() if frozen is None else (frozen,)))
   grad_norm = optax.global_norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -243,21 +251,35 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> int:
 
 def _train_in(config: ml_collections.ConfigDict, workdir: epath.Path) -> int:
   """`train` once the config is valid and the workdir is this trainer's."""
+  model = models.create_model(config)
+  tx, _ = create_optimizer(config)
+  return fit(config, workdir, model=model,
+             init=lambda frozen: create_train_state(config, model, tx))
+
+
+def fit(config: ml_collections.ConfigDict, workdir: epath.Path, *, model: Any, init: Any,
+        loss_fn: Any = None, frozen: Any = None) -> int:
+  """The training loop of a run in `workdir`, to config.training.num_steps.
+
+  Resumes from the newest checkpoint that restores, else starts from `init(frozen)`, a
+  fresh TrainState (a distillation student starts from its teacher's params). Each step is
+  `train_step` with `loss_fn` and `frozen` (see there); checkpoints, SIGTERM, the non-finite
+  policy, logs and sample grids follow config.training. Returns 0 when done,
+  PREEMPTED_EXIT_CODE after a SIGTERM.
+  """
   t = config.training
   dataset = input_pipeline.create_dataset(config)
-  model = models.create_model(config)
   tx, schedule = create_optimizer(config)
 
   mesh = parallel.data_mesh()
   replicated, data_sharding = parallel.replicated(mesh), parallel.batch_sharded(mesh)
 
-  init = functools.partial(create_train_state, config, model, tx)
   checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=t.max_to_keep)
   latest = checkpointer.latest_step()
   if latest is None:
-    state = jax.jit(init, out_shardings=replicated)()
+    state = jax.jit(init, out_shardings=replicated)(frozen)
   else:  # the newest checkpoint that restores; damaged newer ones are moved aside
-    abstract = checkpointing.abstract_like(jax.eval_shape(init), replicated)
+    abstract = checkpointing.abstract_like(jax.eval_shape(init, frozen), replicated)
     latest, (state, _) = checkpointer.restore_newest(
         lambda step: checkpointer.restore(step, abstract, config), move_damaged=True)
     logging.info("Resumed from %s at step %d.", checkpointer.directory, latest)
@@ -265,9 +287,10 @@ def _train_in(config: ml_collections.ConfigDict, workdir: epath.Path) -> int:
   step = int(state.step)
 
   jit_train_step = xla_options.jit(
-      functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=config),
-      in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
-      donate_argnums=(0,))
+      functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=config,
+                        loss_fn=loss_fn),
+      in_shardings=(replicated, data_sharding, replicated),
+      out_shardings=(replicated, replicated), donate_argnums=(0,))
 
   writer = metric_writer.SummaryWriter(workdir / "tensorboard",
                                        just_logging=jax.process_index() > 0)
@@ -279,7 +302,8 @@ def _train_in(config: ml_collections.ConfigDict, workdir: epath.Path) -> int:
   exit_code = 0
   try:
     for step, local_batch in dataset.iterate(step, batch_size=t.batch_size, stop_step=t.num_steps):
-      state, metrics = jit_train_step(state, parallel.global_batch(local_batch, data_sharding))
+      state, metrics = jit_train_step(state, parallel.global_batch(local_batch, data_sharding),
+                                      frozen)
       pending_metrics.append(metrics)
       done = step + 1
       preempted = preemption.reached(done)

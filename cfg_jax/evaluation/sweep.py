@@ -27,7 +27,8 @@ from cfg_jax.evaluation import report
 OUT_DEFAULT = "eval"  # under the workdir
 
 
-def check_options(*, ws: Sequence[float], num_samples: int, steps: int, k: int, is_splits: int,
+def check_options(*, ws: Sequence[float], num_samples: int, steps: int | None, k: int,
+                  is_splits: int,
                   batch_size: int, feature_batch_size: int, num_real: int | None,
                   classifier_scales: Sequence[float] | None) -> None:
   """Raises ValueError naming the first bad flag and what it allows."""
@@ -41,7 +42,7 @@ def check_options(*, ws: Sequence[float], num_samples: int, steps: int, k: int, 
     raise ValueError(f"--num_samples must be >= 2 (FID needs a covariance), got {num_samples}.")
   for name, value in (("steps", steps), ("batch_size", batch_size),
                       ("feature_batch_size", feature_batch_size)):
-    if value < 1:
+    if value is not None and value < 1:
       raise ValueError(f"--{name} must be >= 1, got {value}.")
   if num_real is not None and num_real < 2:
     raise ValueError(f"--num_real must be >= 2, got {num_real}.")
@@ -93,7 +94,8 @@ def sample_metrics(x: np.ndarray, labels: np.ndarray, net: features.FeatureNet,
               precision=precision, recall=recall, accuracy=accuracy, num_samples=len(x))
 
 
-def evaluate(workdir: epath.PathLike, *, ws: Sequence[float], num_samples: int, steps: int,
+def evaluate(workdir: epath.PathLike, *, ws: Sequence[float], num_samples: int,
+             steps: int | None,
              out: epath.PathLike | None = None, step: int | None = None,
              classifier_workdir: epath.PathLike | None = None,
              classifier_scales: Sequence[float] | None = None,
@@ -123,6 +125,7 @@ def evaluate(workdir: epath.PathLike, *, ws: Sequence[float], num_samples: int, 
   real = real_data.real_statistics(net, run.config, num_real=num_real,
                                    cache_dir=workdir / "fid_stats", batch_size=feature_batch_size)
   labels = runs.make_labels(run.config.data.num_classes, num_samples=num_samples)
+  steps = steps or run.config.sampling.num_steps
   sample_fn = runs.make_run_sample_fn(run, num_steps=steps, v=v, sampler=sampler, clip_x=clip_x,
                                       guidance_interval=guidance_interval, classifier=classifier)
   rows = []
