@@ -4,10 +4,10 @@
 
 distils the teacher (`python -m cfg_jax.distill --config=configs/mnist_distill.py`, resumed
 if --workdir holds part of it), then samples at w ∈ {0, 1, 3}: the teacher with DDIM at 64
-and 128 guided steps (two network passes a step), each stage-2 student in its own steps (one
-pass a step). The project's evaluator measures every sample set (accuracy on the intended
-labels, FID, IS, precision, recall), and each sampler is timed on one batch after it is
-compiled (the fastest of --repeats). Out, under --workdir: report.md, results.json and
+and 128 guided steps (--teacher_steps; two network passes a step), each stage-2 student in
+its own steps (one pass a step). The project's evaluator measures every sample set
+(accuracy on the intended labels, FID, IS, precision, recall), and each sampler is timed on
+one batch after it is compiled (the fastest of --repeats). Out, under --workdir: report.md, results.json and
 grids grid_<sampler>_w<w>.png. `--stage=distill` and `--stage=evaluate` run the halves
 apart (time the samplers on the machine the report is about).
 """
@@ -37,10 +37,11 @@ def distill_command(teacher_workdir: pathlib.Path, workdir: pathlib.Path, config
           f"--teacher_workdir={teacher_workdir}", f"--workdir={workdir / 'student'}", *overrides]
 
 
-def samplers(teacher: runs.Run, workdir: pathlib.Path) -> list[tuple[str, runs.Run, int, int]]:
-  """(name, run, steps, network passes per step) of the teacher at TEACHER_STEPS and of
-  every stage-2 student done."""
-  out = [(f"teacher_{n}", teacher, n, 2) for n in TEACHER_STEPS]
+def samplers(teacher: runs.Run, workdir: pathlib.Path, teacher_steps: Sequence[int]
+             ) -> list[tuple[str, runs.Run, int, int]]:
+  """(name, run, steps, network passes per step) of the teacher at each of teacher_steps
+  and of every stage-2 student done."""
+  out = [(f"teacher_{n}", teacher, n, 2) for n in teacher_steps]
   for phase in sorted((workdir / "student").glob("steps_*"),
                       key=lambda p: -int(p.name.split("_")[1])):
     run = runs.load_run(phase)
@@ -50,7 +51,8 @@ def samplers(teacher: runs.Run, workdir: pathlib.Path) -> list[tuple[str, runs.R
 
 
 def evaluate(teacher_workdir: pathlib.Path, workdir: pathlib.Path, *, ws: Sequence[float],
-             samples_per_w: int, batch_size: int, repeats: int, seed: int) -> dict[str, Any]:
+             teacher_steps: Sequence[int], samples_per_w: int, batch_size: int, repeats: int,
+             seed: int) -> dict[str, Any]:
   """Samples and measures every sampler at every w; times each on one batch."""
   teacher = runs.load_run(teacher_workdir, step=json.loads(
       (workdir / "student" / runs.DISTILL_FILE).read_text())["teacher_step"])
@@ -58,7 +60,7 @@ def evaluate(teacher_workdir: pathlib.Path, workdir: pathlib.Path, *, ws: Sequen
                                 num_samples=samples_per_w, batch_size=batch_size)
   labels, rows = evaluator.labels, []
   batch = min(batch_size, len(labels))
-  for name, run, steps, passes in samplers(teacher, workdir):
+  for name, run, steps, passes in samplers(teacher, workdir, teacher_steps):
     sample_fn = runs.make_run_sample_fn(run, num_steps=steps, sampler="ddim")
     common.progress(f"sampling {name}")
     key = jax.random.PRNGKey(seed)
@@ -129,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                            "--override=--config.distill.round_steps=500")
   parser.add_argument("--samples_per_w", type=int, default=1000)
   parser.add_argument("--ws", default=",".join(f"{w:g}" for w in WS))
+  parser.add_argument("--teacher_steps", default=",".join(map(str, TEACHER_STEPS)),
+                      help="the teacher's guided DDIM steps (the targets read 128)")
   parser.add_argument("--batch_size", type=int, default=500)
   parser.add_argument("--repeats", type=int, default=3, help="timed calls per sampler")
   parser.add_argument("--seed", type=int, default=0)
@@ -138,6 +142,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     ws = [float(w) for w in args.ws.split(",")]
   except ValueError:
     parser.error(f"--ws must be comma-separated numbers, got {args.ws!r}.")
+  try:
+    teacher_steps = [int(n) for n in args.teacher_steps.split(",")]
+    if min(teacher_steps) < 1:
+      raise ValueError
+  except ValueError:
+    parser.error(f"--teacher_steps must be comma-separated ints >= 1, got "
+                 f"{args.teacher_steps!r}.")
   for name, least in (("samples_per_w", 10), ("batch_size", 1), ("repeats", 1)):
     if getattr(args, name) < least:
       parser.error(f"--{name} must be >= {least}, got {getattr(args, name)}.")
@@ -153,7 +164,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     subprocess.run(distill_command(teacher, workdir, pathlib.Path(args.config), args.override),
                    check=True, cwd=common.ROOT)
   if args.stage in ("all", "evaluate"):
-    results = evaluate(teacher, workdir, ws=ws, samples_per_w=args.samples_per_w,
+    results = evaluate(teacher, workdir, ws=ws, teacher_steps=teacher_steps,
+                       samples_per_w=args.samples_per_w,
                        batch_size=args.batch_size, repeats=args.repeats, seed=args.seed)
     (workdir / "results.json").write_text(json.dumps(results, indent=1))
     text = report(results)

@@ -33,14 +33,15 @@ def test_a_tiny_teacher_is_distilled_sampled_timed_and_reported(tmp_path):
   workdir = tmp_path / "bd"
   proc = _bench(f"--teacher_workdir={tmp_path / 'teacher'}", f"--workdir={workdir}",
                 "--samples_per_w=20", "--ws=0,3", "--batch_size=20", "--repeats=1",
+                "--teacher_steps=4,8",
                 *[f"--override={flag}" for flag in TINY])
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
   results = json.loads((workdir / "results.json").read_text())
-  names = ["teacher_64", "teacher_128", "student_2"]
+  names = ["teacher_4", "teacher_8", "student_2"]
   assert [r["sampler"] for r in results["rows"]] == [n for n in names for _ in (0, 3)]
   for row in results["rows"]:
     assert row["num_samples"] == 20 and row["batch_seconds"] > 0
-    assert row["passes"] == {"teacher_64": 128, "teacher_128": 256, "student_2": 2}[
+    assert row["passes"] == {"teacher_4": 8, "teacher_8": 16, "student_2": 2}[
         row["sampler"]]
   report = (workdir / "report.md").read_text()
   assert "| student_2 | 2 | 2 | 3 |" in report and "| real digits |" in report
@@ -67,6 +68,7 @@ def test_targets_follow_the_issue():
 @pytest.mark.parametrize("flags,message", [
     (["--teacher_workdir=/nonexistent"], "is not a training run"),
     (["--teacher_workdir=.", "--samples_per_w=5"], "--samples_per_w must be >= 10"),
+    (["--teacher_workdir=.", "--teacher_steps=0"], "--teacher_steps must be"),
 ])
 def test_bad_flags_are_named(tmp_path, flags, message):
   proc = _bench(*flags, f"--workdir={tmp_path / 'w'}")
