@@ -97,33 +97,43 @@ def test_every_phase_trains_and_generate_and_evaluate_take_the_folder(teacher, t
   jax.tree.map(np.testing.assert_array_equal, _final_params(workdir), before)
 
 
-def test_a_round_killed_midway_resumes_bit_for_bit(teacher, tmp_path):
+def _stop_within(process, phase_dir, sig):
+  """Sends `sig` once the phase's first checkpoint exists; returns the exit code."""
+  first_save = phase_dir / "checkpoints" / "2"
+  deadline = time.monotonic() + 300
+  while not first_save.exists() and process.poll() is None and time.monotonic() < deadline:
+    time.sleep(0.002)
+  process.send_signal(sig)
+  return process.wait()
+
+
+def test_rounds_killed_or_preempted_midway_resume_bit_for_bit(teacher, tmp_path):
   config_file = tmp_path / "toy_distill.py"
   config_file.write_text(CONFIG_FILE)
-  straight, killed = tmp_path / "straight", tmp_path / "killed"
+  straight, stopped = tmp_path / "straight", tmp_path / "stopped"
   flags = [f"--config={config_file}", f"--teacher_workdir={teacher}",
            "--config.distill.round_steps=40"]
   done = _cli("cfg_jax.distill", *flags, f"--workdir={straight}")
   assert done.returncode == 0, done.stderr[-3000:]
-  process = subprocess.Popen([sys.executable, "-m", "cfg_jax.distill", *flags,
-                              f"--workdir={killed}"], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-  first_save = killed / "steps_2" / "checkpoints" / "2"
-  deadline = time.monotonic() + 300
-  while not first_save.exists() and process.poll() is None and time.monotonic() < deadline:
-    time.sleep(0.002)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
-  checkpointer = checkpointing.Checkpointer(killed / "steps_2", read_only=True)
+  command = [sys.executable, "-m", "cfg_jax.distill", *flags, f"--workdir={stopped}"]
+  process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  assert _stop_within(process, stopped / "steps_2", signal.SIGKILL) == -signal.SIGKILL
+  checkpointer = checkpointing.Checkpointer(stopped / "steps_2", read_only=True)
   assert checkpointer.latest_step() < 40  # killed within the round
   checkpointer.close()
-  assert not (killed / "steps_1").exists()
-  done = _cli("cfg_jax.distill", *flags, f"--workdir={killed}")
+  assert not (stopped / "steps_1").exists()
+  # Resumed, then preempted within the next round: it saves and exits 75.
+  process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  assert _stop_within(process, stopped / "steps_1", signal.SIGTERM) == train.PREEMPTED_EXIT_CODE
+  checkpointer = checkpointing.Checkpointer(stopped / "steps_1", read_only=True)
+  assert 2 <= checkpointer.latest_step() < 40
+  checkpointer.close()
+  done = _cli("cfg_jax.distill", *flags, f"--workdir={stopped}")
   assert done.returncode == 0, done.stderr[-3000:]
   for name in ("stage1", "steps_2", "steps_1"):
     steps = 4 if name == "stage1" else 40
     jax.tree.map(np.testing.assert_array_equal,
-                 runs.load_run(killed / name, step=steps).params,
+                 runs.load_run(stopped / name, step=steps).params,
                  runs.load_run(straight / name, step=steps).params)
 
 
