@@ -27,7 +27,6 @@ import copy
 import dataclasses
 import functools
 import json
-from typing import Any
 
 from absl import app
 from absl import flags
