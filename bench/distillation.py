@@ -42,11 +42,8 @@ def samplers(teacher: runs.Run, workdir: pathlib.Path, teacher_steps: Sequence[i
   """(name, run, steps, network passes per step) of the teacher at each of teacher_steps
   and of every stage-2 student done."""
   out = [(f"teacher_{n}", teacher, n, 2) for n in teacher_steps]
-  for phase in sorted((workdir / "student").glob("steps_*"),
-                      key=lambda p: -int(p.name.split("_")[1])):
-    run = runs.load_run(phase)
-    out.append((f"student_{run.config.sampling.num_steps}", run, run.config.sampling.num_steps,
-                1))
+  for steps, folder in runs.distilled_rounds(workdir / "student"):
+    out.append((f"student_{steps}", runs.load_run(folder), steps, 1))
   return out
 
 

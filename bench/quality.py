@@ -38,8 +38,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from absl import app
+
 from bench import common
 from cfg_jax import checkpointing
+from cfg_jax import cli
 from cfg_jax import config_lib
 from cfg_jax import files
 from cfg_jax import input_pipeline
@@ -358,8 +361,7 @@ def stage_evaluate(o: Options) -> dict[str, Any]:
   run_config = checkpointing.load_config(o.workdir / "ours")
   evaluator = Evaluator(run_config, cache_dir=o.workdir / "eval", num_samples=o.samples_per_w)
   labels, num_classes = evaluator.labels, run_config.data.num_classes
-  interval = tuple(run_config.sampling.guidance_interval if o.guidance_interval is None
-                   else o.guidance_interval)
+  interval = runs.guidance_interval_of(run_config, o.guidance_interval)
   with_peer = o.peer and "peer" in training
   rows = []
   for mark in training["report_minutes"]:
@@ -434,16 +436,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, str]:
   except ValueError as e:
     parser.error(str(e) if str(e).startswith("--") else
                  f"--report_minutes must be comma-separated numbers, got {args.report_minutes!r}.")
-  interval = None
-  if args.guidance_interval is not None:
-    try:
-      interval = tuple(float(b) for b in args.guidance_interval.split(",") if b.strip())
-      if (len(interval) not in (0, 2) or not all(map(math.isfinite, interval))
-          or (interval and interval[0] > interval[1])):
-        raise ValueError
-    except ValueError:
-      parser.error(f"--guidance_interval must be lo,hi with lo <= hi, or empty to guide "
-                   f"every step, got {args.guidance_interval!r}.")
+  try:
+    interval = cli.parse_guidance_interval(
+        None if args.guidance_interval is None else
+        [b for b in args.guidance_interval.split(",") if b.strip()])
+  except app.UsageError as e:
+    parser.error(str(e))
   for name in ("samples_per_w", "steps", "batch_size"):
     if getattr(args, name) < (10 if name == "samples_per_w" else 1):
       parser.error(f"--{name} must be >= {10 if name == 'samples_per_w' else 1}, "

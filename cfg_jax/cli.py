@@ -49,6 +49,17 @@ def define_sampling_flags(*, default_w: Sequence[str], out_default: str, verb: s
   flags.mark_flags_as_required(["workdir"])
 
 
+def parse_guidance_interval(values: Sequence[str] | None) -> tuple[float, ...] | None:
+  """--guidance_interval's strings as (lo, hi), () (guide every step) or None (not given);
+  a UsageError otherwise."""
+  interval = parse_floats("guidance_interval", values)
+  if interval is not None and not (interval == [] or (len(interval) == 2
+                                                      and interval[0] <= interval[1])):
+    raise app.UsageError(f"--guidance_interval must be lo,hi with lo <= hi, or empty to guide "
+                         f"every step, got {','.join(values)}.")
+  return None if interval is None else tuple(interval)
+
+
 def parse_floats(name: str, values: Sequence[str] | None) -> list[float] | None:
   """A list flag's strings as finite floats, or a UsageError naming --<name>."""
   if values is None:
@@ -85,15 +96,10 @@ def sampling_options(out_default: str) -> SamplingOptions:
   for name in ("steps", "batch_size"):
     if FLAGS[name].value is not None and FLAGS[name].value < 1:
       raise app.UsageError(f"--{name} must be >= 1, got {FLAGS[name].value}.")
-  interval = parse_floats("guidance_interval", FLAGS.guidance_interval)
-  if interval is not None and not (interval == [] or (len(interval) == 2
-                                                      and interval[0] <= interval[1])):
-    raise app.UsageError(f"--guidance_interval must be lo,hi with lo <= hi, or empty to guide "
-                         f"every step, got {','.join(FLAGS.guidance_interval)}.")
   return SamplingOptions(
       workdir=FLAGS.workdir, step=FLAGS.step, ws=parse_floats("w", FLAGS.w), steps=FLAGS.steps,
       out=epath.Path(FLAGS.out or epath.Path(FLAGS.workdir) / out_default), seed=FLAGS.seed,
       batch_size=FLAGS.batch_size, v=FLAGS.sampling_v, sampler=FLAGS.sampler,
-      clip_x=FLAGS.clip_x, guidance_interval=None if interval is None else tuple(interval),
+      clip_x=FLAGS.clip_x, guidance_interval=parse_guidance_interval(FLAGS.guidance_interval),
       classifier_workdir=FLAGS.classifier_workdir,
       classifier_scales=parse_floats("classifier_scale", FLAGS.classifier_scale))

@@ -104,23 +104,25 @@ def student_config(teacher_config: ml_collections.ConfigDict,
   return student
 
 
-def _record_teacher(workdir: epath.Path, teacher_workdir: str, teacher: runs.Run) -> int:
-  """The teacher step of this distillation: recorded in distill.json at its start, checked
-  against the teacher's signature on every resume."""
+def _load_teacher(workdir: epath.Path, teacher_workdir: str,
+                  teacher_config: ml_collections.ConfigDict) -> runs.Run:
+  """The teacher at the step recorded in distill.json when this distillation started (its
+  newest, recorded now, on a first start); on a resume its signature is checked first."""
   path = workdir / runs.DISTILL_FILE
-  signature = checkpointing.signature(teacher.config)
-  if not path.exists():
-    record = {"teacher_workdir": str(teacher_workdir), "teacher_step": teacher.step,
-              "teacher_signature": signature}
-    workdir.mkdir(parents=True, exist_ok=True)
-    files.write_bytes_atomic(path, json.dumps(record, indent=1).encode())
-    return teacher.step
-  record = json.loads(path.read_text())
-  if record["teacher_signature"] != json.loads(json.dumps(signature)):
-    raise ValueError(f"--workdir={workdir} distils the teacher in {record['teacher_workdir']} "
-                     f"(step {record['teacher_step']}); --teacher_workdir={teacher_workdir} holds "
-                     f"another model. Give that teacher, or another --workdir.")
-  return record["teacher_step"]
+  signature = json.loads(json.dumps(checkpointing.signature(teacher_config)))  # tuples as lists
+  if path.exists():
+    record = json.loads(path.read_text())
+    if record["teacher_signature"] != signature:
+      raise ValueError(f"--workdir={workdir} distils the teacher in {record['teacher_workdir']} "
+                       f"(step {record['teacher_step']}); --teacher_workdir={teacher_workdir} "
+                       f"holds another model. Give that teacher, or another --workdir.")
+    return runs.load_run(teacher_workdir, step=record["teacher_step"])
+  teacher = runs.load_run(teacher_workdir)
+  record = {"teacher_workdir": str(teacher_workdir), "teacher_step": teacher.step,
+            "teacher_signature": signature}
+  workdir.mkdir(parents=True, exist_ok=True)
+  files.write_bytes_atomic(path, json.dumps(record, indent=1).encode())
+  return teacher
 
 
 def stage1_loss(params, model, batch, rng, config, frozen, *, teacher_model, w_min, w_max):
@@ -170,14 +172,12 @@ def distill(config: ml_collections.ConfigDict, teacher_workdir: str, workdir: st
     config_lib.validate(student_config(teacher_config, config, phase),
                         num_devices=jax.device_count())
   with workdir_lock.hold(workdir):
-    return _distill_in(config, teacher_workdir, epath.Path(workdir), plan)
+    workdir = epath.Path(workdir)
+    teacher = _load_teacher(workdir, teacher_workdir, teacher_config)
+    return _distill_in(config, teacher, workdir, plan)
 
 
-def _distill_in(config, teacher_workdir: str, workdir: epath.Path, plan: list[Phase]) -> int:
-  teacher = runs.load_run(teacher_workdir)
-  step = _record_teacher(workdir, teacher_workdir, teacher)
-  if step != teacher.step:
-    teacher = runs.load_run(teacher_workdir, step=step)
+def _distill_in(config, teacher: runs.Run, workdir: epath.Path, plan: list[Phase]) -> int:
   frozen, previous = teacher.params, None
   w_range = dict(w_min=config.distill.w_min, w_max=config.distill.w_max)
   for phase in plan:

@@ -45,16 +45,22 @@ def phase_dir_name(num_steps: int) -> str:
   return f"steps_{num_steps}"
 
 
+def distilled_rounds(workdir: epath.PathLike) -> list[tuple[int, epath.Path]]:
+  """(steps, folder) of each stage-2 round of a distillation folder that has a checkpoint,
+  from the most steps to the fewest."""
+  rounds = [(int(m.group(1)), p) for p in epath.Path(workdir).iterdir()
+            if (m := re.fullmatch(r"steps_(\d+)", p.name)) and _has_checkpoint(p)]
+  return sorted(rounds, key=lambda r: -r[0])
+
+
 def last_phase(workdir: epath.PathLike) -> epath.Path:
   """The phase of a distillation folder that was distilled furthest and has a checkpoint:
   the steps_<N> of the smallest N, else stage1."""
   workdir = epath.Path(workdir)
-  done = [p for p in workdir.iterdir() if p.is_dir() and _has_checkpoint(p)]
-  rounds = sorted((int(m.group(1)), p) for p in done
-                  if (m := re.fullmatch(r"steps_(\d+)", p.name)))
+  rounds = distilled_rounds(workdir)
   if rounds:
-    return rounds[0][1]
-  if workdir / STAGE1 in done:
+    return rounds[-1][1]
+  if _has_checkpoint(workdir / STAGE1):
     return workdir / STAGE1
   raise FileNotFoundError(f"--workdir={workdir} is a distillation with no checkpoint yet.")
 
@@ -135,6 +141,13 @@ def make_labels(num_classes: int, *, num_samples: int | None = None,
   return (np.arange(num_samples) % num_classes).astype(np.int32)
 
 
+def guidance_interval_of(config: ml_collections.ConfigDict,
+                         override: Sequence[float] | None = None) -> tuple[float, ...]:
+  """The guidance interval a run's sampler uses: `override`, else (None) the run's
+  config.sampling.guidance_interval; () guides every step."""
+  return tuple(config.sampling.guidance_interval if override is None else override)
+
+
 def make_run_sample_fn(run: Run, *, num_steps: int | None = None, v: float | None = None,
                        sampler: str | None = None, clip_x: bool | None = None,
                        guidance_interval: Sequence[float] | None = None,
@@ -148,7 +161,7 @@ def make_run_sample_fn(run: Run, *, num_steps: int | None = None, v: float | Non
   config = run.config
   s = config.sampling
   num_steps = num_steps or s.num_steps
-  interval = tuple(s.guidance_interval if guidance_interval is None else guidance_interval)
+  interval = guidance_interval_of(config, guidance_interval)
   clip_x = s.clip_x if clip_x is None else clip_x
   if models.takes_w(run.model):
     if (sampler or "ddim") != "ddim" or interval or classifier or not condition_model:
