@@ -171,13 +171,15 @@ def distill(config: ml_collections.ConfigDict, teacher_workdir: str, workdir: st
   for phase in plan:  # every phase's config, before anything runs
     config_lib.validate(student_config(teacher_config, config, phase),
                         num_devices=jax.device_count())
-  with workdir_lock.hold(workdir):
+  # One SIGTERM watch for every phase: a SIGTERM between two exits 75 as one within a phase.
+  with workdir_lock.hold(workdir), train.Preemption() as preemption:
     workdir = epath.Path(workdir)
     teacher = _load_teacher(workdir, teacher_workdir, teacher_config)
-    return _distill_in(config, teacher, workdir, plan)
+    return _distill_in(config, teacher, workdir, plan, preemption)
 
 
-def _distill_in(config, teacher: runs.Run, workdir: epath.Path, plan: list[Phase]) -> int:
+def _distill_in(config, teacher: runs.Run, workdir: epath.Path, plan: list[Phase],
+                preemption: train.Preemption) -> int:
   frozen, previous = teacher.params, None
   w_range = dict(w_min=config.distill.w_min, w_max=config.distill.w_max)
   for phase in plan:
@@ -193,10 +195,14 @@ def _distill_in(config, teacher: runs.Run, workdir: epath.Path, plan: list[Phase
     else:
       loss_fn = functools.partial(stage2_loss, **w_range)
       init = functools.partial(train.create_train_state, student, model, tx)
+    if preemption.requested:  # before this phase started: those before it are saved
+      logging.warning("Preempted (SIGTERM) before phase %s; exiting with code %d. Rerun the "
+                      "same command to resume.", phase.name, train.PREEMPTED_EXIT_CODE)
+      return train.PREEMPTED_EXIT_CODE
     logging.info("Distillation phase %s: %d steps, the student samples in %d.", phase.name,
                  phase.num_steps, phase.sampling_steps)
     exit_code = train.fit(student, phase_dir, model=model, init=init, loss_fn=loss_fn,
-                          frozen=frozen)
+                          frozen=frozen, preemption=preemption)
     if exit_code:
       return exit_code
     previous = phase

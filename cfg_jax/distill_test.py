@@ -137,6 +137,31 @@ def test_rounds_killed_or_preempted_midway_resume_bit_for_bit(teacher, tmp_path)
                  runs.load_run(straight / name, step=steps).params)
 
 
+def test_a_sigterm_between_phases_exits_75_before_the_next_and_the_rerun_finishes(
+    teacher, tmp_path, monkeypatch):
+  workdir = tmp_path / "distilled"
+  load_run = runs.load_run
+
+  def load_run_with_sigterm(path, **kwargs):
+    """Stage 1's weights load as the next round's teacher; a SIGTERM arrives meanwhile."""
+    if os.path.basename(str(path)) == "stage1":
+      os.kill(os.getpid(), signal.SIGTERM)
+    return load_run(path, **kwargs)
+
+  monkeypatch.setattr(runs, "load_run", load_run_with_sigterm)
+  previous = signal.signal(signal.SIGTERM, lambda *_: None)  # the test outlives a lost SIGTERM
+  try:
+    exit_code = distill.distill(_config(), str(teacher), str(workdir))
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+    monkeypatch.setattr(runs, "load_run", load_run)
+  assert exit_code == train.PREEMPTED_EXIT_CODE
+  assert runs.load_run(workdir / "stage1", step=4).step == 4
+  assert not (workdir / "steps_2").exists()
+  assert distill.distill(_config(), str(teacher), str(workdir)) == 0
+  assert runs.load_run(workdir).step == 4
+
+
 def _workdir_with_config(tmp_path, config):
   tmp_path.mkdir(parents=True, exist_ok=True)
   checkpointing.save_config(tmp_path, config)

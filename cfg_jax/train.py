@@ -192,9 +192,20 @@ class Preemption:
       return multihost_utils.reached_preemption_sync_point(step)
     return self._requested
 
+  @property
+  def requested(self) -> bool:
+    """Whether this host has had a SIGTERM (several hosts act on it at their next step)."""
+    return self._requested
+
   def restore(self):
     if not self._multihost:
       signal.signal(signal.SIGTERM, self._previous)
+
+  def __enter__(self) -> Preemption:
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.restore()
 
 
 def check_finite(state: TrainState, config: ml_collections.ConfigDict,
@@ -258,14 +269,15 @@ def _train_in(config: ml_collections.ConfigDict, workdir: epath.Path) -> int:
 
 
 def fit(config: ml_collections.ConfigDict, workdir: epath.Path, *, model: Any, init: Any,
-        loss_fn: Any = None, frozen: Any = None) -> int:
+        loss_fn: Any = None, frozen: Any = None, preemption: Preemption | None = None) -> int:
   """The training loop of a run in `workdir`, to config.training.num_steps.
 
   Resumes from the newest checkpoint that restores, else starts from `init(frozen)`, a
   fresh TrainState (a distillation student starts from its teacher's params). Each step is
   `train_step` with `loss_fn` and `frozen` (see there); checkpoints, SIGTERM, the non-finite
-  policy, logs and sample grids follow config.training. Returns 0 when done,
-  PREEMPTED_EXIT_CODE after a SIGTERM.
+  policy, logs and sample grids follow config.training. SIGTERM is watched by
+  `preemption` (one that outlives this call, as distillation's across its phases), else by
+  a Preemption of this call's own. Returns 0 when done, PREEMPTED_EXIT_CODE after a SIGTERM.
   """
   t = config.training
   dataset = input_pipeline.create_dataset(config)
@@ -297,7 +309,8 @@ def fit(config: ml_collections.ConfigDict, workdir: epath.Path, *, model: Any, i
   if step == 0:
     writer.write_hparams(config_lib.flatten(config))
   meta = {"signature": checkpointing.signature(config)}
-  preemption = Preemption()
+  owns_preemption = preemption is None
+  preemption = Preemption() if owns_preemption else preemption
   pending_metrics, last_log = [], (time.perf_counter(), step)
   exit_code = 0
   try:
@@ -326,7 +339,8 @@ def fit(config: ml_collections.ConfigDict, workdir: epath.Path, *, model: Any, i
     checkpointer.wait()
     checkpointer.close()
     writer.close()
-    preemption.restore()
+    if owns_preemption:
+      preemption.restore()
   return exit_code
 
 
