@@ -148,6 +148,11 @@ def guidance_interval_of(config: ml_collections.ConfigDict,
   return tuple(config.sampling.guidance_interval if override is None else override)
 
 
+def describe_guidance_interval(interval: Sequence[float]) -> str:
+  """Where a report says guidance was applied: "for λ in [lo, hi]" or "at every step"."""
+  return f"for λ in [{interval[0]:g}, {interval[1]:g}]" if interval else "at every step"
+
+
 def make_run_sample_fn(run: Run, *, num_steps: int | None = None, v: float | None = None,
                        sampler: str | None = None, clip_x: bool | None = None,
                        guidance_interval: Sequence[float] | None = None,

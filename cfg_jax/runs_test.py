@@ -25,6 +25,16 @@ def test_make_labels():
     runs.make_labels(3, num_samples=0)
 
 
+def test_guidance_interval_of_a_run_and_its_description():
+  config = test_configs.toy2d(num_steps=4)
+  config.sampling.guidance_interval = (-1., 3.)
+  assert runs.guidance_interval_of(config) == (-1., 3.)
+  assert runs.guidance_interval_of(config, ()) == ()
+  assert runs.guidance_interval_of(config, [-0.5, 2.]) == (-0.5, 2.)
+  assert runs.describe_guidance_interval((-1., 3.)) == "for λ in [-1, 3]"
+  assert runs.describe_guidance_interval(()) == "at every step"
+
+
 def test_load_run_and_sample_in_batches(tmp_path):
   config = test_configs.toy2d(num_steps=4)
   train.train(config, str(tmp_path))

@@ -139,8 +139,8 @@ def evaluate(workdir: epath.PathLike, *, ws: Sequence[float], num_samples: int,
     rows.append(row)
   if jax.process_index() == 0:
     s = run.config.sampling
-    interval = runs.guidance_interval_of(run.config, guidance_interval)
-    guided = f"for λ in [{interval[0]:g}, {interval[1]:g}]" if interval else "at every step"
+    guided = runs.describe_guidance_interval(
+        runs.guidance_interval_of(run.config, guidance_interval))
     notes = [f"{num_samples} samples per row, labels spread evenly over "
              f"{run.config.data.num_classes} classes; T = {steps} steps, sampler "
              f"{sampler or s.sampler}, v = {s.v if v is None else v}, guidance {guided}, "
