@@ -261,7 +261,7 @@ def report(results: dict[str, Any]) -> str:
       lines.append(f"| {name} | {r['minutes']:g} | {r['step']:,} | "
                    f"{results['params'].get(name, 0):,} |")
   n, interval = results["samples_per_w"], results["guidance_interval"]
-  guided = f"for λ in [{interval[0]:g}, {interval[1]:g}]" if interval else "at every step"
+  guided = runs.describe_guidance_interval(interval)
   lines += ["", f"{n} samples per w, {results['steps']} steps; ours guided {guided}, the "
             "peer at every step. Columns: accuracy on the intended labels, FID, IS, "
             "precision, recall (eval-classifier features).", "",
@@ -332,6 +332,7 @@ class Options:
   peer: bool
   overrides: list[str]
   guidance_interval: tuple[float, ...] | None = None  # None: the run's; () every step
+  samplers: Sequence[str] = SAMPLERS
 
 
 def stage_train(o: Options) -> None:
@@ -367,7 +368,7 @@ def stage_evaluate(o: Options) -> dict[str, Any]:
   for mark in training["report_minutes"]:
     ours_step = next(r["step"] for r in training["ours"] if r["minutes"] == mark)
     run = runs.load_run(o.workdir / "ours", step=ours_step)
-    for sampler in SAMPLERS:
+    for sampler in o.samplers:
       common.progress(f"sampling ours at minute {mark:g}, {sampler}")
       ours = sample_ours(run, sampler=sampler, ws=o.ws, labels=labels, steps=o.steps,
                          batch_size=o.batch_size, seed=o.seed, guidance_interval=interval)
@@ -419,6 +420,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, str]:
   parser.add_argument("--guidance_interval", default=None,
                       help="lo,hi: guide ours only for λ in [lo, hi]; empty: every step "
                            "(default: the preset's config.sampling.guidance_interval)")
+  parser.add_argument("--samplers", default=",".join(SAMPLERS),
+                      help=f"comma-separated, of {','.join(SAMPLERS)}: the samplers evaluated")
   parser.add_argument("--stage", choices=("all", "train", "evaluate"), default="all")
   parser.add_argument("--no_peer", action="store_true", help="ours only")
   parser.add_argument("--override", action="append", default=[],
@@ -442,6 +445,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, str]:
         [b for b in args.guidance_interval.split(",") if b.strip()])
   except app.UsageError as e:
     parser.error(str(e))
+  samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
+  if not samplers or not set(samplers) <= set(SAMPLERS) or len(set(samplers)) < len(samplers):
+    parser.error(f"--samplers must be distinct names of {', '.join(SAMPLERS)}, got "
+                 f"{args.samplers!r}.")
   for name in ("samples_per_w", "steps", "batch_size"):
     if getattr(args, name) < (10 if name == "samples_per_w" else 1):
       parser.error(f"--{name} must be >= {10 if name == 'samples_per_w' else 1}, "
@@ -459,7 +466,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, str]:
           "the peer is skipped.", flush=True)
   return Options(pathlib.Path(args.workdir), pathlib.Path(args.config), args.minutes, marks,
                  args.samples_per_w, ws, args.steps, args.batch_size, args.seed, with_peer,
-                 args.override, interval), args.stage
+                 args.override, interval, samplers), args.stage
 
 
 def main(argv: Sequence[str] | None = None) -> None:

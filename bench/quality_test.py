@@ -43,6 +43,12 @@ def test_two_minute_run_trains_samples_measures_and_reports(tmp_path):
   assert (workdir / "quality_vs_w.png").stat().st_size > 0
   again = _bench("--minutes=2", f"--workdir={workdir}")  # training again would resume
   assert again.returncode == 2 and "already holds a trained benchmark" in again.stderr
+  # Measured again, ours alone with one sampler (the eval classifier is cached).
+  again = _bench("--stage=evaluate", "--no_peer", "--samplers=stochastic", "--ws=3",
+                 "--samples_per_w=20", "--steps=4", "--batch_size=20", f"--workdir={workdir}")
+  assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+  results = json.loads((workdir / "results.json").read_text())
+  assert [(r["sampler"], r["w"], r["peer"]) for r in results["rows"]] == [("stochastic", 3., None)]
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -55,6 +61,8 @@ def test_two_minute_run_trains_samples_measures_and_reports(tmp_path):
     (["--config=/nonexistent.py"], "--config=/nonexistent.py does not exist"),
     (["--guidance_interval=2,1"], "--guidance_interval must be lo,hi with lo <= hi"),
     (["--guidance_interval=1"], "--guidance_interval must be lo,hi with lo <= hi"),
+    (["--samplers=ddpm"], "--samplers must be distinct names of stochastic, ddim"),
+    (["--samplers=ddim,ddim"], "--samplers must be distinct names of stochastic, ddim"),
 ])
 def test_bad_flags_are_named_before_anything_runs(tmp_path, flags, message):
   proc = _bench(*flags, f"--workdir={tmp_path / 'w'}", timeout=60)
