@@ -174,7 +174,8 @@ class Preemption:
 
   One host: a SIGTERM handler sets a flag. Several hosts: jax's preemption sync point,
   which the coordination service triggers on SIGTERM, returns True on all hosts at the
-  same step, so that they all save that step.
+  same step, so that they all save that step. A context manager: the SIGTERM handler is
+  this host's from its creation until the `with` block ends.
   """
 
   def __init__(self):
@@ -197,15 +198,12 @@ class Preemption:
     """Whether this host has had a SIGTERM (several hosts act on it at their next step)."""
     return self._requested
 
-  def restore(self):
-    if not self._multihost:
-      signal.signal(signal.SIGTERM, self._previous)
-
   def __enter__(self) -> Preemption:
     return self
 
   def __exit__(self, *exc_info) -> None:
-    self.restore()
+    if not self._multihost:  # the handler before this watch
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 def check_finite(state: TrainState, config: ml_collections.ConfigDict,
@@ -264,20 +262,21 @@ def _train_in(config: ml_collections.ConfigDict, workdir: epath.Path) -> int:
   """`train` once the config is valid and the workdir is this trainer's."""
   model = models.create_model(config)
   tx, _ = create_optimizer(config)
-  return fit(config, workdir, model=model,
-             init=lambda frozen: create_train_state(config, model, tx))
+  with Preemption() as preemption:
+    return fit(config, workdir, model=model,
+               init=lambda frozen: create_train_state(config, model, tx), preemption=preemption)
 
 
 def fit(config: ml_collections.ConfigDict, workdir: epath.Path, *, model: Any, init: Any,
-        loss_fn: Any = None, frozen: Any = None, preemption: Preemption | None = None) -> int:
+        preemption: Preemption, loss_fn: Any = None, frozen: Any = None) -> int:
   """The training loop of a run in `workdir`, to config.training.num_steps.
 
   Resumes from the newest checkpoint that restores, else starts from `init(frozen)`, a
   fresh TrainState (a distillation student starts from its teacher's params). Each step is
   `train_step` with `loss_fn` and `frozen` (see there); checkpoints, SIGTERM, the non-finite
-  policy, logs and sample grids follow config.training. SIGTERM is watched by
-  `preemption` (one that outlives this call, as distillation's across its phases), else by
-  a Preemption of this call's own. Returns 0 when done, PREEMPTED_EXIT_CODE after a SIGTERM.
+  policy, logs and sample grids follow config.training. SIGTERM is watched by the
+  caller's `preemption`, which may span several calls (distillation's phases). Returns 0
+  when done, PREEMPTED_EXIT_CODE after a SIGTERM.
   """
   t = config.training
   dataset = input_pipeline.create_dataset(config)
@@ -309,8 +308,6 @@ def fit(config: ml_collections.ConfigDict, workdir: epath.Path, *, model: Any, i
   if step == 0:
     writer.write_hparams(config_lib.flatten(config))
   meta = {"signature": checkpointing.signature(config)}
-  owns_preemption = preemption is None
-  preemption = Preemption() if owns_preemption else preemption
   pending_metrics, last_log = [], (time.perf_counter(), step)
   exit_code = 0
   try:
@@ -339,8 +336,6 @@ def fit(config: ml_collections.ConfigDict, workdir: epath.Path, *, model: Any, i
     checkpointer.wait()
     checkpointer.close()
     writer.close()
-    if owns_preemption:
-      preemption.restore()
   return exit_code
 
 
