@@ -7,7 +7,8 @@ A budget is minutes of training on the machine where `--calibrate` timed each va
 training step (batch 64, fastest of 5 after compiling), so a variant that costs more per
 step gets fewer steps: variant v trains round(60 · minutes / seconds_per_step[v]) steps.
 Training and sampling can then run anywhere (a GPU runs the whole table in minutes);
-the steps, not the machine, fix the result. Each variant is trained from scratch with
+the steps, not the machine, fix the result. `--steps=N` trains every variant N steps
+instead, for variants that cost the same per step. Each variant is trained from scratch with
 `cfg_jax.train.train`, sampled with the stochastic sampler, 50 steps, at w ∈ {0, 1, 3},
 and measured as bench.quality measures (bench.quality.Evaluator). The table goes to
 <workdir>/ablation.md and ablation.json; `--only` picks variants (runs can be split
@@ -69,6 +70,9 @@ VARIANTS |= {
     "combined_ema": _combined("combined + EMA 0.995", _KEPT, training__ema_decay=0.995),
     "combined_cosine": _combined("combined + lr 1e-3 with a half-cosine decay", _KEPT,
                                  training__learning_rate=1e-3, training__lr_schedule="cosine"),
+    "combined_lr_1e-3": _combined("combined + lr 1e-3", _KEPT, training__learning_rate=1e-3),
+    "combined_p_uncond_0.2": _combined("combined + p_uncond 0.2 (∅ drawn for 1 in 5)", _KEPT,
+                                       training__p_uncond=0.2),
 }
 
 
@@ -134,6 +138,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--minutes", type=float, default=15.)
   parser.add_argument("--step_seconds", default=None,
                       help="--calibrate's JSON (default: calibrate on this machine first)")
+  parser.add_argument("--steps", type=int, default=None,
+                      help="train every variant this many steps instead of --minutes' worth "
+                           "(for variants that cost the same per step)")
   parser.add_argument("--workdir", default="bench_ablation")
   parser.add_argument("--only", default=None, help="comma-separated variants (default: all)")
   parser.add_argument("--samples_per_w", type=int, default=1000)
@@ -147,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.error(f"--only has unknown variants {unknown}; they are {list(VARIANTS)}.")
   if not args.minutes > 0:
     parser.error(f"--minutes must be positive, got {args.minutes}.")
+  if args.steps is not None and args.steps < 2:
+    parser.error(f"--steps must be at least 2, got {args.steps}.")
   if args.calibrate:
     seconds = calibrate(names)
     pathlib.Path(args.out).write_text(json.dumps({"machine": common.machine(),
@@ -156,13 +165,21 @@ def main(argv: Sequence[str] | None = None) -> None:
   workdir = pathlib.Path(args.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   if not args.report:
-    seconds = (json.loads(pathlib.Path(args.step_seconds).read_text())["seconds"]
-               if args.step_seconds else calibrate(names))
+    if args.steps is None:
+      seconds = (json.loads(pathlib.Path(args.step_seconds).read_text())["seconds"]
+                 if args.step_seconds else calibrate(names))
+      untimed = sorted(set(names) - set(seconds))
+      if untimed:
+        parser.error(f"--step_seconds has no step time for {untimed}; calibrate them, or "
+                     "pass --steps.")
+      steps = {name: round(60 * args.minutes / seconds[name]) for name in names}
+    else:
+      steps = dict.fromkeys(names, args.steps)
     evaluator = quality.Evaluator(variant_config("baseline"), cache_dir=workdir / "eval",
                                   num_samples=args.samples_per_w)
     for name in names:
-      result = run_variant(name, steps=round(60 * args.minutes / seconds[name]),
-                           workdir=workdir, evaluator=evaluator, seed=args.seed)
+      result = run_variant(name, steps=steps[name], workdir=workdir, evaluator=evaluator,
+                           seed=args.seed)
       (workdir / f"{name}.json").write_text(json.dumps(result, indent=1))
     (workdir / "floor.json").write_text(json.dumps(evaluator.floor(), indent=1))
   results = {p.stem: json.loads(p.read_text()) for p in workdir.glob("*.json")

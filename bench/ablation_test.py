@@ -42,3 +42,40 @@ def test_table_lists_variants_in_order_with_the_floor():
 def test_unknown_variant_is_named():
   with pytest.raises(SystemExit):
     ablation.main(["--only=baseline,bigger"])
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--steps=1"], "--steps must be at least 2"),
+    (["--only=combined_lr_1e-3"], "no step time for ['combined_lr_1e-3']"),
+])
+def test_bad_budgets_are_refused_before_anything_trains(args, named, tmp_path, capsys,
+                                                        monkeypatch):
+  monkeypatch.setattr(ablation, "run_variant", lambda *a, **k: pytest.fail("trained"))
+  times = tmp_path / "seconds.json"
+  times.write_text('{"seconds": {"combined": 0.5}}')
+  with pytest.raises(SystemExit):
+    ablation.main([*args, f"--step_seconds={times}", f"--workdir={tmp_path / 'w'}"])
+  assert named in capsys.readouterr().err
+
+
+def test_steps_trains_every_variant_that_many_steps(tmp_path, monkeypatch):
+  trained = {}
+
+  class Evaluator:
+    def __init__(self, *args, **kwargs):
+      pass
+
+    def floor(self):
+      return {"accuracy": 0.9, "fid": 5., "inception_score": 9.}
+
+  def run_variant(name, *, steps, **_):
+    trained[name] = steps
+    metrics = {"accuracy": 0.5, "fid": 10., "inception_score": 8.}
+    return {"steps": steps, "what": "x", "metrics": {f"{w:g}": metrics for w in ablation.WS}}
+
+  monkeypatch.setattr(ablation.quality, "Evaluator", Evaluator)
+  monkeypatch.setattr(ablation, "run_variant", run_variant)
+  ablation.main(["--steps=7", "--only=combined,combined_p_uncond_0.2",
+                 f"--workdir={tmp_path}"])
+  assert trained == {"combined": 7, "combined_p_uncond_0.2": 7}
+  assert "| combined_p_uncond_0.2 |" in (tmp_path / "ablation.md").read_text()
