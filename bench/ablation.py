@@ -11,8 +11,11 @@ the steps, not the machine, fix the result. `--steps=N` trains every variant N s
 instead, for variants that cost the same per step. Each variant is trained from scratch with
 `cfg_jax.train.train`, sampled with the stochastic sampler, 50 steps, at w ∈ {0, 1, 3},
 and measured as bench.quality measures (bench.quality.Evaluator). The table goes to
-<workdir>/ablation.md and ablation.json; `--only` picks variants (runs can be split
-across processes and merged by rerunning with `--report`).
+<workdir>/ablation.md and <variant>.json; `--only` picks variants (runs can be split
+across processes and merged by rerunning with `--report`). `--guidance_interval=lo,hi`
+guides only for λ in [lo, hi] (the table guides every step) and writes to
+<workdir>/guided_<lo>_<hi>/; a variant trained before in <workdir> is sampled again, not
+retrained.
 """
 from __future__ import annotations
 
@@ -21,8 +24,11 @@ import json
 import pathlib
 from typing import Any, Sequence
 
+from absl import app
+
 from bench import common
 from bench import quality
+from cfg_jax import cli
 from cfg_jax import runs
 from cfg_jax import train
 
@@ -96,8 +102,9 @@ def calibrate(names: Sequence[str], repeats: int = 5) -> dict[str, float]:
 
 
 def run_variant(name: str, *, steps: int, workdir: pathlib.Path, evaluator: quality.Evaluator,
-                seed: int) -> dict[str, Any]:
-  """Trains the variant for `steps`, samples and measures it at each w of WS."""
+                seed: int, guidance_interval: Sequence[float] = ()) -> dict[str, Any]:
+  """Trains the variant for `steps` (unless done before), samples and measures it at each w
+  of WS, guided for λ in guidance_interval (() every step)."""
   config = variant_config(name, {"training.num_steps": steps,
                                  "training.checkpoint_every": steps,
                                  "training.sample_every": steps,
@@ -107,8 +114,8 @@ def run_variant(name: str, *, steps: int, workdir: pathlib.Path, evaluator: qual
   train.train(config, str(run_dir))
   samples = quality.sample_ours(runs.load_run(run_dir, step=steps), sampler="stochastic",
                                 ws=WS, labels=evaluator.labels, steps=quality.STEPS,
-                                batch_size=500, seed=seed)
-  return {"steps": steps, "what": VARIANTS[name][0],
+                                batch_size=500, seed=seed, guidance_interval=guidance_interval)
+  return {"steps": steps, "what": VARIANTS[name][0], "guidance_interval": list(guidance_interval),
           "metrics": {f"{w:g}": evaluator.metrics(samples[w]) for w in WS}}
 
 
@@ -145,6 +152,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--only", default=None, help="comma-separated variants (default: all)")
   parser.add_argument("--samples_per_w", type=int, default=1000)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--guidance_interval", default="",
+                      help="lo,hi: guide only for λ in [lo, hi]; the results go to "
+                           "<workdir>/guided_<lo>_<hi>/ (default: every step, in <workdir>)")
   parser.add_argument("--report", action="store_true",
                       help="only write the table of the variants already run in --workdir")
   args = parser.parse_args(argv)
@@ -156,6 +166,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.error(f"--minutes must be positive, got {args.minutes}.")
   if args.steps is not None and args.steps < 2:
     parser.error(f"--steps must be at least 2, got {args.steps}.")
+  try:
+    interval = cli.parse_guidance_interval(
+        [b for b in args.guidance_interval.split(",") if b.strip()])
+  except app.UsageError as e:
+    parser.error(str(e))
   if args.calibrate:
     seconds = calibrate(names)
     pathlib.Path(args.out).write_text(json.dumps({"machine": common.machine(),
@@ -163,7 +178,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(json.dumps(seconds, indent=1))
     return
   workdir = pathlib.Path(args.workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  out = workdir / f"guided_{interval[0]:g}_{interval[1]:g}" if interval else workdir
+  out.mkdir(parents=True, exist_ok=True)
   if not args.report:
     if args.steps is None:
       seconds = (json.loads(pathlib.Path(args.step_seconds).read_text())["seconds"]
@@ -179,15 +195,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                                   num_samples=args.samples_per_w)
     for name in names:
       result = run_variant(name, steps=steps[name], workdir=workdir, evaluator=evaluator,
-                           seed=args.seed)
-      (workdir / f"{name}.json").write_text(json.dumps(result, indent=1))
-    (workdir / "floor.json").write_text(json.dumps(evaluator.floor(), indent=1))
-  results = {p.stem: json.loads(p.read_text()) for p in workdir.glob("*.json")
+                           seed=args.seed, guidance_interval=interval)
+      (out / f"{name}.json").write_text(json.dumps(result, indent=1))
+    (out / "floor.json").write_text(json.dumps(evaluator.floor(), indent=1))
+  results = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")
              if p.stem in VARIANTS}
-  floor_path = workdir / "floor.json"
+  floor_path = out / "floor.json"
   floor = json.loads(floor_path.read_text()) if floor_path.exists() else None
   text = table(results, floor)
-  (workdir / "ablation.md").write_text(text + "\n")
+  (out / "ablation.md").write_text(text + "\n")
   print(text)
 
 

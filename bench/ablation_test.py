@@ -47,6 +47,7 @@ def test_unknown_variant_is_named():
 @pytest.mark.parametrize("args, named", [
     (["--steps=1"], "--steps must be at least 2"),
     (["--only=combined_lr_1e-3"], "no step time for ['combined_lr_1e-3']"),
+    (["--steps=5", "--guidance_interval=3,-1"], "--guidance_interval must be lo,hi"),
 ])
 def test_bad_budgets_are_refused_before_anything_trains(args, named, tmp_path, capsys,
                                                         monkeypatch):
@@ -58,24 +59,43 @@ def test_bad_budgets_are_refused_before_anything_trains(args, named, tmp_path, c
   assert named in capsys.readouterr().err
 
 
-def test_steps_trains_every_variant_that_many_steps(tmp_path, monkeypatch):
-  trained = {}
+class _Evaluator:
+  def __init__(self, *args, **kwargs):
+    pass
 
-  class Evaluator:
-    def __init__(self, *args, **kwargs):
-      pass
+  def floor(self):
+    return {"accuracy": 0.9, "fid": 5., "inception_score": 9.}
 
-    def floor(self):
-      return {"accuracy": 0.9, "fid": 5., "inception_score": 9.}
 
-  def run_variant(name, *, steps, **_):
-    trained[name] = steps
+def _fake_run_variant(calls):
+  def run_variant(name, *, steps, guidance_interval, **_):
+    calls[name] = steps, tuple(guidance_interval)
     metrics = {"accuracy": 0.5, "fid": 10., "inception_score": 8.}
     return {"steps": steps, "what": "x", "metrics": {f"{w:g}": metrics for w in ablation.WS}}
+  return run_variant
 
-  monkeypatch.setattr(ablation.quality, "Evaluator", Evaluator)
-  monkeypatch.setattr(ablation, "run_variant", run_variant)
+
+def test_steps_trains_every_variant_that_many_steps_guided_at_every_step(tmp_path,
+                                                                         monkeypatch):
+  calls = {}
+  monkeypatch.setattr(ablation.quality, "Evaluator", _Evaluator)
+  monkeypatch.setattr(ablation, "run_variant", _fake_run_variant(calls))
   ablation.main(["--steps=7", "--only=combined,combined_p_uncond_0.2",
                  f"--workdir={tmp_path}"])
-  assert trained == {"combined": 7, "combined_p_uncond_0.2": 7}
+  assert calls == {"combined": (7, ()), "combined_p_uncond_0.2": (7, ())}
   assert "| combined_p_uncond_0.2 |" in (tmp_path / "ablation.md").read_text()
+
+
+def test_a_guidance_interval_reports_beside_the_table_guided_at_every_step(tmp_path,
+                                                                           monkeypatch):
+  calls = {}
+  monkeypatch.setattr(ablation.quality, "Evaluator", _Evaluator)
+  monkeypatch.setattr(ablation, "run_variant", _fake_run_variant(calls))
+  ablation.main(["--steps=7", "--only=combined", f"--workdir={tmp_path}"])
+  ablation.main(["--steps=7", "--only=combined", "--guidance_interval=-1,3",
+                 f"--workdir={tmp_path}"])
+  assert calls == {"combined": (7, (-1., 3.))}
+  guided = tmp_path / "guided_-1_3"
+  assert sorted(p.name for p in guided.iterdir()) == ["ablation.md", "combined.json",
+                                                       "floor.json"]
+  assert (tmp_path / "combined.json").exists() and (tmp_path / "ablation.md").exists()
