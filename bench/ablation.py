@@ -7,8 +7,8 @@ A budget is minutes of training on the machine where `--calibrate` timed each va
 training step (batch 64, fastest of 5 after compiling), so a variant that costs more per
 step gets fewer steps: variant v trains round(60 · minutes / seconds_per_step[v]) steps.
 Training and sampling can then run anywhere (a GPU runs the whole table in minutes);
-the steps, not the machine, fix the result. `--steps=N` trains every variant N steps
-instead, for variants that cost the same per step. Each variant is trained from scratch with
+the steps, not the machine, fix the result (a variant of TIMED_AS trains its base's
+steps). Each variant is trained from scratch with
 `cfg_jax.train.train`, sampled with the stochastic sampler, 50 steps, at w ∈ {0, 1, 3},
 and measured as bench.quality measures (bench.quality.Evaluator). The table goes to
 <workdir>/ablation.md and <variant>.json; `--only` picks variants (runs can be split
@@ -80,6 +80,9 @@ VARIANTS |= {
     "combined_p_uncond_0.2": _combined("combined + p_uncond 0.2 (∅ drawn for 1 in 5)", _KEPT,
                                        training__p_uncond=0.2),
 }
+# Variants that change only the optimizer's rate or the label dropout: a step computes
+# what their base's computes, so they are timed as it and train its steps.
+TIMED_AS = {"combined_lr_1e-3": "combined", "combined_p_uncond_0.2": "combined"}
 
 
 def variant_config(name: str, extra: dict[str, Any] | None = None):
@@ -145,9 +148,6 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--minutes", type=float, default=15.)
   parser.add_argument("--step_seconds", default=None,
                       help="--calibrate's JSON (default: calibrate on this machine first)")
-  parser.add_argument("--steps", type=int, default=None,
-                      help="train every variant this many steps instead of --minutes' worth "
-                           "(for variants that cost the same per step)")
   parser.add_argument("--workdir", default="bench_ablation")
   parser.add_argument("--only", default=None, help="comma-separated variants (default: all)")
   parser.add_argument("--samples_per_w", type=int, default=1000)
@@ -164,15 +164,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.error(f"--only has unknown variants {unknown}; they are {list(VARIANTS)}.")
   if not args.minutes > 0:
     parser.error(f"--minutes must be positive, got {args.minutes}.")
-  if args.steps is not None and args.steps < 2:
-    parser.error(f"--steps must be at least 2, got {args.steps}.")
   try:
     interval = cli.parse_guidance_interval(
         [b for b in args.guidance_interval.split(",") if b.strip()])
   except app.UsageError as e:
     parser.error(str(e))
+  timed = sorted({TIMED_AS.get(name, name) for name in names})
   if args.calibrate:
-    seconds = calibrate(names)
+    seconds = calibrate(timed)
     pathlib.Path(args.out).write_text(json.dumps({"machine": common.machine(),
                                                   "seconds": seconds}, indent=1))
     print(json.dumps(seconds, indent=1))
@@ -181,16 +180,13 @@ def main(argv: Sequence[str] | None = None) -> None:
   out = workdir / f"guided_{interval[0]:g}_{interval[1]:g}" if interval else workdir
   out.mkdir(parents=True, exist_ok=True)
   if not args.report:
-    if args.steps is None:
-      seconds = (json.loads(pathlib.Path(args.step_seconds).read_text())["seconds"]
-                 if args.step_seconds else calibrate(names))
-      untimed = sorted(set(names) - set(seconds))
-      if untimed:
-        parser.error(f"--step_seconds has no step time for {untimed}; calibrate them, or "
-                     "pass --steps.")
-      steps = {name: round(60 * args.minutes / seconds[name]) for name in names}
-    else:
-      steps = dict.fromkeys(names, args.steps)
+    seconds = (json.loads(pathlib.Path(args.step_seconds).read_text())["seconds"]
+               if args.step_seconds else calibrate(timed))
+    untimed = sorted(set(timed) - set(seconds))
+    if untimed:
+      parser.error(f"--step_seconds has no step time for {untimed}; calibrate them first.")
+    steps = {name: round(60 * args.minutes / seconds[TIMED_AS.get(name, name)])
+             for name in names}
     evaluator = quality.Evaluator(variant_config("baseline"), cache_dir=workdir / "eval",
                                   num_samples=args.samples_per_w)
     for name in names:

@@ -45,12 +45,12 @@ def test_unknown_variant_is_named():
 
 
 @pytest.mark.parametrize("args, named", [
-    (["--steps=1"], "--steps must be at least 2"),
-    (["--only=combined_lr_1e-3"], "no step time for ['combined_lr_1e-3']"),
-    (["--steps=5", "--guidance_interval=3,-1"], "--guidance_interval must be lo,hi"),
+    (["--only=no_dropout"], "no step time for ['no_dropout']"),
+    (["--only=combined_p_uncond_0.2", "--guidance_interval=3,-1"],
+     "--guidance_interval must be lo,hi"),
 ])
-def test_bad_budgets_are_refused_before_anything_trains(args, named, tmp_path, capsys,
-                                                        monkeypatch):
+def test_bad_flags_are_refused_before_anything_trains(args, named, tmp_path, capsys,
+                                                      monkeypatch):
   monkeypatch.setattr(ablation, "run_variant", lambda *a, **k: pytest.fail("trained"))
   times = tmp_path / "seconds.json"
   times.write_text('{"seconds": {"combined": 0.5}}')
@@ -75,15 +75,32 @@ def _fake_run_variant(calls):
   return run_variant
 
 
-def test_steps_trains_every_variant_that_many_steps_guided_at_every_step(tmp_path,
-                                                                         monkeypatch):
+def _step_seconds(tmp_path):
+  times = tmp_path / "seconds.json"
+  times.write_text('{"seconds": {"combined": 0.6}}')
+  return f"--step_seconds={times}"
+
+
+@pytest.mark.parametrize("name", list(ablation.TIMED_AS))
+def test_a_variant_timed_as_its_base_trains_its_steps_guided_at_every_step(name, tmp_path,
+                                                                           monkeypatch):
   calls = {}
   monkeypatch.setattr(ablation.quality, "Evaluator", _Evaluator)
   monkeypatch.setattr(ablation, "run_variant", _fake_run_variant(calls))
-  ablation.main(["--steps=7", "--only=combined,combined_p_uncond_0.2",
-                 f"--workdir={tmp_path}"])
-  assert calls == {"combined": (7, ()), "combined_p_uncond_0.2": (7, ())}
-  assert "| combined_p_uncond_0.2 |" in (tmp_path / "ablation.md").read_text()
+  ablation.main(["--minutes=1", _step_seconds(tmp_path), f"--only=combined,{name}",
+                 f"--workdir={tmp_path / 'w'}"])
+  assert calls == {"combined": (100, ()), name: (100, ())}
+  assert f"| {name} |" in (tmp_path / "w" / "ablation.md").read_text()
+
+
+def test_a_timed_as_variant_computes_the_same_step_as_its_base():
+  for name, base in ablation.TIMED_AS.items():
+    a, b = ablation.variant_config(name), ablation.variant_config(base)
+    assert a.model.to_dict() == b.model.to_dict(), name
+    assert a.diffusion.to_dict() == b.diffusion.to_dict(), name
+    changed = {k for k, v in config_lib.flatten(a.training).items()
+               if v != config_lib.flatten(b.training)[k]}
+    assert changed <= {"learning_rate", "p_uncond"}, name
 
 
 def test_a_guidance_interval_reports_beside_the_table_guided_at_every_step(tmp_path,
@@ -91,11 +108,12 @@ def test_a_guidance_interval_reports_beside_the_table_guided_at_every_step(tmp_p
   calls = {}
   monkeypatch.setattr(ablation.quality, "Evaluator", _Evaluator)
   monkeypatch.setattr(ablation, "run_variant", _fake_run_variant(calls))
-  ablation.main(["--steps=7", "--only=combined", f"--workdir={tmp_path}"])
-  ablation.main(["--steps=7", "--only=combined", "--guidance_interval=-1,3",
-                 f"--workdir={tmp_path}"])
-  assert calls == {"combined": (7, (-1., 3.))}
-  guided = tmp_path / "guided_-1_3"
+  workdir, times = tmp_path / "w", _step_seconds(tmp_path)
+  ablation.main(["--minutes=1", times, "--only=combined", f"--workdir={workdir}"])
+  ablation.main(["--minutes=1", times, "--only=combined", "--guidance_interval=-1,3",
+                 f"--workdir={workdir}"])
+  assert calls == {"combined": (100, (-1., 3.))}
+  guided = workdir / "guided_-1_3"
   assert sorted(p.name for p in guided.iterdir()) == ["ablation.md", "combined.json",
                                                        "floor.json"]
-  assert (tmp_path / "combined.json").exists() and (tmp_path / "ablation.md").exists()
+  assert (workdir / "combined.json").exists() and (workdir / "ablation.md").exists()
