@@ -24,11 +24,8 @@ import json
 import pathlib
 from typing import Any, Sequence
 
-from absl import app
-
 from bench import common
 from bench import quality
-from cfg_jax import cli
 from cfg_jax import runs
 from cfg_jax import train
 
@@ -164,11 +161,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.error(f"--only has unknown variants {unknown}; they are {list(VARIANTS)}.")
   if not args.minutes > 0:
     parser.error(f"--minutes must be positive, got {args.minutes}.")
-  try:
-    interval = cli.parse_guidance_interval(
-        [b for b in args.guidance_interval.split(",") if b.strip()])
-  except app.UsageError as e:
-    parser.error(str(e))
+  interval = common.guidance_interval_flag(parser, args.guidance_interval)
   timed = sorted({TIMED_AS.get(name, name) for name in names})
   if args.calibrate:
     seconds = calibrate(timed)
@@ -176,9 +169,6 @@ def main(argv: Sequence[str] | None = None) -> None:
                                                   "seconds": seconds}, indent=1))
     print(json.dumps(seconds, indent=1))
     return
-  workdir = pathlib.Path(args.workdir)
-  out = workdir / f"guided_{interval[0]:g}_{interval[1]:g}" if interval else workdir
-  out.mkdir(parents=True, exist_ok=True)
   if not args.report:
     seconds = (json.loads(pathlib.Path(args.step_seconds).read_text())["seconds"]
                if args.step_seconds else calibrate(timed))
@@ -187,6 +177,10 @@ def main(argv: Sequence[str] | None = None) -> None:
       parser.error(f"--step_seconds has no step time for {untimed}; calibrate them first.")
     steps = {name: round(60 * args.minutes / seconds[TIMED_AS.get(name, name)])
              for name in names}
+  workdir = pathlib.Path(args.workdir)
+  out = workdir / f"guided_{interval[0]:g}_{interval[1]:g}" if interval else workdir
+  out.mkdir(parents=True, exist_ok=True)
+  if not args.report:
     evaluator = quality.Evaluator(variant_config("baseline"), cache_dir=workdir / "eval",
                                   num_samples=args.samples_per_w)
     for name in names:

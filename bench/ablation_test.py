@@ -57,6 +57,7 @@ def test_bad_flags_are_refused_before_anything_trains(args, named, tmp_path, cap
   with pytest.raises(SystemExit):
     ablation.main([*args, f"--step_seconds={times}", f"--workdir={tmp_path / 'w'}"])
   assert named in capsys.readouterr().err
+  assert not (tmp_path / "w").exists()
 
 
 class _Evaluator:

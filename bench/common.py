@@ -20,7 +20,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import app
 
+from cfg_jax import cli
 from cfg_jax import config_lib
 from cfg_jax import models
 from cfg_jax import sampling
@@ -270,6 +272,17 @@ def repeats_flag(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
   if repeats < 1:
     parser.error(f"--repeats must be >= 1, got {repeats}.")
   return repeats
+
+
+def guidance_interval_flag(parser: argparse.ArgumentParser,
+                           text: str | None) -> tuple[float, ...] | None:
+  """--guidance_interval's text: "lo,hi" as (lo, hi), "" as () (every step), None (not
+  given) as None; a parser error naming the flag otherwise."""
+  try:
+    return cli.parse_guidance_interval(
+        None if text is None else [b for b in text.split(",") if b.strip()])
+  except app.UsageError as e:
+    parser.error(str(e))
 
 
 def emit(results: dict[str, Any], text: str, out: str | None) -> None:

@@ -38,11 +38,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from absl import app
-
 from bench import common
 from cfg_jax import checkpointing
-from cfg_jax import cli
 from cfg_jax import config_lib
 from cfg_jax import files
 from cfg_jax import input_pipeline
@@ -439,12 +436,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, str]:
   except ValueError as e:
     parser.error(str(e) if str(e).startswith("--") else
                  f"--report_minutes must be comma-separated numbers, got {args.report_minutes!r}.")
-  try:
-    interval = cli.parse_guidance_interval(
-        None if args.guidance_interval is None else
-        [b for b in args.guidance_interval.split(",") if b.strip()])
-  except app.UsageError as e:
-    parser.error(str(e))
+  interval = common.guidance_interval_flag(parser, args.guidance_interval)
   samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
   if not samplers or not set(samplers) <= set(SAMPLERS) or len(set(samplers)) < len(samplers):
     parser.error(f"--samplers must be distinct names of {', '.join(SAMPLERS)}, got "
