@@ -45,7 +45,8 @@ def generate(workdir: epath.PathLike, *, ws: Sequence[float | None], num_steps: 
   num_classes = run.config.data.num_classes
   labels = runs.make_labels(num_classes, num_samples=num_samples, per_class=per_class,
                             labels=labels)
-  classifier = runs.load_classifier(classifier_workdir, classifier_scales)
+  classifier = runs.load_classifier(classifier_workdir, classifier_scales,
+                                    run_config=run.config)
   sample_fn = runs.make_run_sample_fn(
       run, num_steps=num_steps, v=v, sampler=sampler, clip_x=clip_x,
       guidance_interval=guidance_interval, classifier=classifier,

@@ -102,22 +102,31 @@ def load_run(workdir: epath.PathLike, *, step: int | None = None) -> Run:
   return Run(config, model, params, step)
 
 
-def load_classifier(workdir: epath.PathLike | None,
-                    scales: Sequence[float] | None) -> Run | None:
-  """The classifier run of --classifier_workdir (None without one), checked to be one and
-  to come with --classifier_scale."""
+def load_classifier(workdir: epath.PathLike | None, scales: Sequence[float] | None, *,
+                    run_config: ml_collections.ConfigDict) -> Run | None:
+  """The classifier run of --classifier_workdir (None without one), checked, before its
+  weights are read, to be a classifier of run_config's examples and classes and to come
+  with --classifier_scale."""
   if (workdir is None) != (scales is None):
     raise ValueError("--classifier_workdir and --classifier_scale go together.")
   if workdir is None:
     return None
+  extras.check_path(workdir, flag="--classifier_workdir")
   try:
-    classifier = load_run(workdir)
+    config = checkpointing.load_config(workdir)
+    if not models.is_classifier(config):
+      raise ValueError(f"--classifier_workdir={workdir} holds a {config.model.name!r} model, "
+                       f"not a classifier.")
+    theirs, ours = config_lib.example_shape(config), config_lib.example_shape(run_config)
+    if (theirs, config.data.num_classes) != (ours, run_config.data.num_classes):
+      raise ValueError(
+          f"--classifier_workdir={workdir} classifies examples of shape {theirs} into "
+          f"{config.data.num_classes} classes; the run samples {ours} of "
+          f"{run_config.data.num_classes} classes. config.data's image_size, channels and "
+          f"num_classes must be the same in both.")
+    return load_run(workdir)
   except FileNotFoundError as e:
     raise FileNotFoundError(f"--classifier_workdir={workdir}: {e}") from e
-  if not models.is_classifier(classifier.config):
-    raise ValueError(f"--classifier_workdir={workdir} holds a "
-                     f"{classifier.config.model.name!r} model, not a classifier.")
-  return classifier
 
 
 def make_labels(num_classes: int, *, num_samples: int | None = None,

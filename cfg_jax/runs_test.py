@@ -84,10 +84,29 @@ def test_load_run_reads_past_a_damaged_checkpoint_and_moves_nothing(tmp_path, ca
 
 
 def test_a_classifier_workdir_needs_its_scales_and_the_scales_their_workdir(tmp_path):
-  assert runs.load_classifier(None, None) is None
+  run_config = test_configs.tiny_model("unet")
+  assert runs.load_classifier(None, None, run_config=run_config) is None
   for workdir, scales in ((tmp_path, None), (None, [1.])):
     with pytest.raises(ValueError, match="--classifier_workdir and --classifier_scale go "
                        "together"):
-      runs.load_classifier(workdir, scales)
+      runs.load_classifier(workdir, scales, run_config=run_config)
   with pytest.raises(FileNotFoundError, match=r"--classifier_workdir=.* holds no config.json"):
-    runs.load_classifier(tmp_path, [1.])
+    runs.load_classifier(tmp_path, [1.], run_config=run_config)
+
+
+@pytest.mark.parametrize("field, value, named", [
+    ("image_size", 32, r"classifies examples of shape \(32, 32, 3\) into 3 classes; the run "
+                       r"samples \(16, 16, 3\) of 3 classes"),
+    ("num_classes", 10, r"classifies examples of shape \(16, 16, 3\) into 10 classes"),
+])
+def test_a_classifier_of_other_examples_or_classes_is_refused_before_its_weights_are_read(
+    tmp_path, field, value, named):
+  classifier = test_configs.tiny_model("classifier")
+  classifier.data[field] = value
+  (tmp_path / checkpointing.CONFIG_FILE).write_text(classifier.to_json())
+  with pytest.raises(ValueError, match=named):  # no checkpoint: only its config is read
+    runs.load_classifier(tmp_path, [1.], run_config=test_configs.tiny_model("unet"))
+  unet = test_configs.tiny_model("unet")
+  (tmp_path / checkpointing.CONFIG_FILE).write_text(unet.to_json())
+  with pytest.raises(ValueError, match="holds a 'unet' model, not a classifier"):
+    runs.load_classifier(tmp_path, [1.], run_config=unet)

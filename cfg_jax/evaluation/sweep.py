@@ -118,7 +118,7 @@ def evaluate(workdir: epath.PathLike, *, ws: Sequence[float], num_samples: int,
   report.require_matplotlib()
   workdir = epath.Path(workdir)
   run = runs.load_run(workdir, step=step)
-  classifier = runs.load_classifier(classifier_workdir, classifier_scales)
+  classifier = runs.load_classifier(classifier_workdir, classifier_scales, run_config=run.config)
   net = make_feature_net(run.config, inception_weights=inception_weights,
                          eval_classifier_config=eval_classifier_config,
                          eval_classifier_dir=eval_classifier_dir or workdir / "eval_classifier")
