@@ -18,12 +18,13 @@ never imports jax, so the benchmark runs it in its own process.
 
 The default model (`build_model()`) is the block layout of the diffusers course's class-
 conditioned MNIST UNet: block_out_channels (32, 64, 64), one ResNet per block, attention at
-16x16 and 8x8 (DownBlock2D, AttnDownBlock2D, AttnDownBlock2D), 1,164,513 parameters.
-On the idle 2-core CPU a training step at batch 64 takes about 0.74 s and one guided
-sampling step at batch 500 (a forward at 1000) about 9 s.
+the two lower resolutions (DownBlock2D, AttnDownBlock2D, AttnDownBlock2D), 1,164,513
+parameters. On the idle 2-core CPU, for 32x32 digits, a training step at batch 64 takes
+about 0.74 s and one guided sampling step at batch 500 (a forward at 1000) about 9 s.
 
-train: `--data` is an npz of `x` float32 [N, 32, 32, 1] (NHWC, in [-1, 1]) and `label` int
-[N] in [0, 10). Training runs for `--minutes` of wall clock from when the model is built; at
+train: `--data` is an npz of `x` float32 [N, S, S, 1] (NHWC, in [-1, 1]; S = 28 for the digits
+as they are, 32 padded, any S divisible by 4) and `label` int [N] in [0, 10); the model is
+built for S (`sample_size`). Training runs for `--minutes` of wall clock from when the model is built; at
 each mark of `--report_minutes` (increasing, the last equal to `--minutes`, fractions allowed)
 the EMA weights go to `DIR/minute_<m>.pt` (m as Python's `f"{m:g}"`, e.g. minute_15.pt,
 minute_0.05.pt; `torch.save` of the state_dict, written atomically). At the end
@@ -37,7 +38,7 @@ an npz with `label` int [N]. For each w, classifier-free guidance
 on [z; z] with labels [c; ∅] per step, through `DDIMScheduler` (eta 0) or `DDPMScheduler`
 (ancestral) built from the training scheduler's config, `set_timesteps(--steps)`. Every w
 starts from the same noise (and, for ddpm, the same step noise): a generator seeded with
-`--seed` per w, drawn batch by batch. `--out` is an npz of `x` uint8 [len(ws), N, 32, 32, 1]
+`--seed` per w, drawn batch by batch. `--out` is an npz of `x` uint8 [len(ws), N, S, S, 1]
 (NHWC, [-1, 1] mapped to round((x + 1) 127.5) clipped to [0, 255]), `ws` float32 [len(ws)]
 and `label` int64 [N].
 
@@ -72,15 +73,16 @@ SAMPLERS = ("ddim", "ddpm")
 
 
 def build_model(block_out_channels: Sequence[int] = (32, 64, 64), layers_per_block: int = 1,
-                norm_num_groups: int = 32) -> UNet2DModel:
-  """The peer's UNet2DModel: a plain first block, attention blocks below it, 11 class rows.
+                norm_num_groups: int = 32, sample_size: int = IMAGE_SIZE) -> UNet2DModel:
+  """The peer's UNet2DModel: a plain first block, attention blocks below it, 11 class rows,
+  for sample_size x sample_size digits.
 
   The defaults are the typical 1,164,513-parameter model; tests pass a smaller one.
   """
   n = len(block_out_channels)
   down = ("DownBlock2D",) + ("AttnDownBlock2D",) * (n - 1)
   up = ("AttnUpBlock2D",) * (n - 1) + ("UpBlock2D",)
-  return UNet2DModel(sample_size=IMAGE_SIZE, in_channels=1, out_channels=1,
+  return UNet2DModel(sample_size=sample_size, in_channels=1, out_channels=1,
                      block_out_channels=tuple(block_out_channels),
                      layers_per_block=layers_per_block, norm_num_groups=norm_num_groups,
                      down_block_types=down, up_block_types=up,
@@ -115,8 +117,9 @@ def train(x: np.ndarray, labels: np.ndarray, *, minutes: float,
           model_config: dict | None = None) -> dict:
   """Trains for `minutes` of wall clock, saving the EMA weights at each report mark.
 
-  x: float32 [N, 32, 32, 1] NHWC in [-1, 1]; labels: int [N]. model_config: build_model's
-  arguments (default: the typical model). Returns the log also written to out/train_log.json.
+  x: float32 [N, S, S, 1] NHWC in [-1, 1]; labels: int [N]. model_config: build_model's
+  arguments (default: the typical model; sample_size is set to S). Returns the log also
+  written to out/train_log.json.
   """
   marks = list(report_minutes)
   if not marks or marks[-1] != minutes or any(b <= a for a, b in zip([0.] + marks, marks)):
@@ -126,7 +129,7 @@ def train(x: np.ndarray, labels: np.ndarray, *, minutes: float,
     raise ValueError(f"x and labels must hold the same N > 0 examples, "
                      f"got {len(x)} and {len(labels)}.")
   os.makedirs(out, exist_ok=True)
-  model_config = dict(model_config or {})
+  model_config = dict(model_config or {}, sample_size=int(np.shape(x)[1]))
   torch.manual_seed(seed)
   images = torch.from_numpy(np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 3, 1, 2)))
   loader = torch.utils.data.DataLoader(
@@ -216,7 +219,7 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
 
 def sample(model: torch.nn.Module, labels: np.ndarray, *, w: float, sampler: str, steps: int,
            seed: int = 0, batch_size: int = 500) -> np.ndarray:
-  """Guided samples for labels: uint8 [N, 32, 32, 1] NHWC.
+  """Guided samples for labels: uint8 [N, S, S, 1] NHWC, S the model's sample_size.
 
   The noise comes from one CPU generator seeded with `seed`, drawn batch by batch, so a
   seed gives the same noise on the model's device, whichever it is.
@@ -224,19 +227,20 @@ def sample(model: torch.nn.Module, labels: np.ndarray, *, w: float, sampler: str
   model.eval()
   device = next(model.parameters()).device
   labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+  size = model.config.sample_size
   gen = torch.Generator().manual_seed(seed)
   out = []
   with torch.inference_mode():
     for i in range(0, len(labels), batch_size):
       c = labels[i:i + batch_size]
       scheduler = make_sampler(sampler, steps)
-      z = torch.randn(len(c), 1, IMAGE_SIZE, IMAGE_SIZE, generator=gen).to(device)
+      z = torch.randn(len(c), 1, size, size, generator=gen).to(device)
       for t in scheduler.timesteps:
         eps = guided_eps(model, z, t, c, w)
         kwargs = {"eta": 0.} if sampler == "ddim" else {}
         z = scheduler.step(eps, t, z, generator=gen, **kwargs).prev_sample
       out.append(to_uint8(z.permute(0, 2, 3, 1).cpu().numpy()))
-  return np.concatenate(out) if out else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 1), np.uint8)
+  return np.concatenate(out) if out else np.zeros((0, size, size, 1), np.uint8)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -285,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser = _Parser(prog="python -m bench.peer_quality", description=__doc__.split("\n")[0])
   sub = parser.add_subparsers(dest="command", required=True)
   tr = sub.add_parser("train", help="train for a wall-clock budget")
-  tr.add_argument("--data", required=True, help="npz of x [N, 32, 32, 1] and label [N]")
+  tr.add_argument("--data", required=True, help="npz of x [N, S, S, 1] and label [N]")
   tr.add_argument("--minutes", required=True, type=float, help="wall-clock budget")
   tr.add_argument("--report_minutes", required=True, help="e.g. 15,45; the last = --minutes")
   tr.add_argument("--out", required=True, help="directory of checkpoints and train_log.json")
@@ -313,8 +317,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                    f"got {args.report_minutes}")
     data = _npz("--data", args.data, ("x", "label"), parser)
     x, labels = data["x"], data["label"]
-    if x.ndim != 4 or x.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 1) or x.dtype.kind != "f":
-      parser.error(f"--data: 'x' must be float [N, 32, 32, 1], got {x.dtype} {x.shape}")
+    if (x.ndim != 4 or x.shape[3] != 1 or x.shape[1] != x.shape[2] or x.shape[1] % 4
+        or x.dtype.kind != "f"):
+      parser.error(f"--data: 'x' must be float [N, S, S, 1] with S divisible by 4, got "
+                   f"{x.dtype} {x.shape}")
     _check_labels("--data", labels, parser)
     if len(labels) != len(x) or not len(x):
       parser.error(f"--data: 'x' and 'label' must hold the same N > 0 examples, "

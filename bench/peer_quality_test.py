@@ -58,7 +58,8 @@ def test_train_writes_the_ema_checkpoints_and_the_log(run):
   assert 0 < first["steps"] <= last["steps"]
   assert 1.2 <= first["seconds"] <= last["seconds"] and last["seconds"] >= 2.4
   assert first["num_params"] == log["num_params"] == peer_quality.num_params(_tiny_model())
-  assert log["model"] == TINY and set(log["versions"]) == {"torch", "diffusers"}
+  assert log["model"] == TINY | {"sample_size": 32}
+  assert set(log["versions"]) == {"torch", "diffusers"}
   model = peer_quality.load_model(os.path.join(out, last["checkpoint"]),
                                   os.path.join(out, "train_log.json"))
   saved = torch.load(os.path.join(out, last["checkpoint"]))
@@ -142,3 +143,23 @@ def test_bad_flags_are_rejected_before_the_model_is_built(args, flag, capsys, tm
   assert exit_info.value.code == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and flag in err, err
+
+
+def test_the_model_is_built_for_the_size_of_the_digits_it_trains_on(tmp_path):
+  rng = np.random.default_rng(0)
+  x = rng.uniform(-1, 1, (8, 28, 28, 1)).astype(np.float32)
+  log = peer_quality.train(x, rng.integers(0, 10, 8), minutes=0.005, report_minutes=[0.005],
+                           out=str(tmp_path), model_config=TINY)
+  assert log["model"]["sample_size"] == 28
+  model = peer_quality.load_model(str(tmp_path / log["reports"][-1]["checkpoint"]),
+                                  str(tmp_path / "train_log.json"))
+  x = peer_quality.sample(model, np.array([3, 5]), w=1., sampler="ddim", steps=2)
+  assert x.dtype == np.uint8 and x.shape == (2, 28, 28, 1)
+
+
+def test_train_command_rejects_digits_of_a_size_the_unet_cannot_halve(tmp_path, capsys):
+  np.savez(tmp_path / "d.npz", x=np.zeros((4, 30, 30, 1), np.float32), label=np.arange(4))
+  with pytest.raises(SystemExit):
+    peer_quality.main(["train", f"--data={tmp_path / 'd.npz'}", "--minutes=1",
+                       "--report_minutes=1", f"--out={tmp_path / 'o'}"])
+  assert "[N, S, S, 1] with S divisible by 4, got float32 (4, 30, 30, 1)" in capsys.readouterr().err

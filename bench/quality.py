@@ -40,7 +40,6 @@ import numpy as np
 
 from bench import common
 from cfg_jax import checkpointing
-from cfg_jax import config_lib
 from cfg_jax import files
 from cfg_jax import input_pipeline
 from cfg_jax import models
@@ -341,7 +340,7 @@ def stage_train(o: Options) -> None:
                                 overrides=o.overrides)
   if o.peer:
     data = o.workdir / "data.npz"
-    write_data(config_lib.load_config_file(o.config), data)
+    write_data(checkpointing.load_config(o.workdir / "ours"), data)  # overrides included
     common.progress(f"training the peer for {o.minutes:g} minutes")
     peer("train", f"--data={data}", f"--minutes={o.minutes:g}",
          f"--report_minutes={','.join(f'{m:g}' for m in o.report_minutes)}",
