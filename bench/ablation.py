@@ -4,13 +4,15 @@
     python -m bench.ablation --minutes=15 --step_seconds=step_seconds.json --workdir=ablation
 
 A budget is minutes of training on the machine where `--calibrate` timed each variant's
-training step (batch 64, fastest of 5 after compiling), so a variant that costs more per
-step gets fewer steps: variant v trains round(60 · minutes / seconds_per_step[v]) steps.
+training step (at its batch, 64 unless it changes it; fastest of 5 after compiling), so a
+variant that costs more per step gets fewer steps: variant v trains round(60 · minutes / seconds_per_step[v]) steps.
 Training and sampling can then run anywhere (a GPU runs the whole table in minutes);
 the steps, not the machine, fix the result (a variant of TIMED_AS trains its base's
 steps). Each variant is trained from scratch with
 `cfg_jax.train.train`, sampled with the stochastic sampler, 50 steps, at w ∈ {0, 1, 3},
-and measured as bench.quality measures (bench.quality.Evaluator). The table goes to
+and measured as bench.quality measures (bench.quality.Evaluator, on the baseline's 32x32
+digits: a variant that models the 28x28 digits unpadded has its samples padded with the
+background, as the data pipeline pads the digits). The table goes to
 <workdir>/ablation.md and <variant>.json; `--only` picks variants (runs can be split
 across processes and merged by rerunning with `--report`). `--guidance_interval=lo,hi`
 guides only for λ in [lo, hi] (the table guides every step) and writes to
@@ -24,6 +26,8 @@ import json
 import pathlib
 from typing import Any, Sequence
 
+import numpy as np
+
 from bench import common
 from bench import quality
 from cfg_jax import runs
@@ -34,9 +38,11 @@ BATCH = 64
 
 # The mnist recipe before the ablation (configs/mnist.py as it was), as config fields.
 BASELINE = {
+    "data.image_size": 32,
     **{f"model.{k}": v for k, v in common.SMALL_UNET.items()},
     "model.label_emb_std": 0.125, "diffusion.prediction": "eps", "training.learning_rate": 5e-4,
     "training.lr_schedule": "constant", "training.ema_decay": 0.999,
+    "training.batch_size": BATCH,
 }
 # name: (what changes, the fields changed from BASELINE)
 VARIANTS = {
@@ -76,10 +82,18 @@ VARIANTS |= {
     "combined_lr_1e-3": _combined("combined + lr 1e-3", _KEPT, training__learning_rate=1e-3),
     "combined_p_uncond_0.2": _combined("combined + p_uncond 0.2 (∅ drawn for 1 in 5)", _KEPT,
                                        training__p_uncond=0.2),
+    "combined_adam_b2_0.99": _combined("combined + Adam β2 0.99 (a shorter memory of the "
+                                       "gradients' scale)", _KEPT, training__adam_b2=0.99),
+    "combined_28px": _combined("combined on the 28x28 digits as they are (not padded to "
+                               "32x32; 23% fewer pixels)", _KEPT, data__image_size=28),
+    "combined_batch_32": _combined("combined at batch 32", _KEPT, training__batch_size=32),
 }
-# Variants that change only the optimizer's rate or the label dropout: a step computes
+# The variant that configs/mnist.py is now.
+PRESET = "combined_28px"
+# Variants that change only the optimizer's settings or the label dropout: a step computes
 # what their base's computes, so they are timed as it and train its steps.
-TIMED_AS = {"combined_lr_1e-3": "combined", "combined_p_uncond_0.2": "combined"}
+TIMED_AS = {"combined_lr_1e-3": "combined", "combined_p_uncond_0.2": "combined",
+            "combined_adam_b2_0.99": "combined"}
 
 
 def variant_config(name: str, extra: dict[str, Any] | None = None):
@@ -88,8 +102,16 @@ def variant_config(name: str, extra: dict[str, Any] | None = None):
   for field, value in {**BASELINE, **VARIANTS[name][1], **(extra or {})}.items():
     group, key = field.split(".")
     config[group][key] = value
-  config.training.batch_size = BATCH
   return config
+
+
+def pad_to(x: np.ndarray, size: int) -> np.ndarray:
+  """Images [N, H, W, C] in [-1, 1] padded with the background (-1) to size x size."""
+  pad_h, pad_w = size - x.shape[1], size - x.shape[2]
+  if pad_h < 0 or pad_w < 0 or pad_h % 2 or pad_w % 2:
+    raise ValueError(f"images of {x.shape[1]}x{x.shape[2]} cannot be padded evenly to "
+                     f"{size}x{size}.")
+  return np.pad(x, ((0, 0), (pad_h // 2,) * 2, (pad_w // 2,) * 2, (0, 0)), constant_values=-1.)
 
 
 def calibrate(names: Sequence[str], repeats: int = 5) -> dict[str, float]:
@@ -97,7 +119,8 @@ def calibrate(names: Sequence[str], repeats: int = 5) -> dict[str, float]:
   out = {}
   for name in names:
     common.progress(f"timing {name}")
-    out[name] = common.TrainStep(variant_config(name)).seconds(BATCH, repeats)
+    config = variant_config(name)
+    out[name] = common.TrainStep(config).seconds(config.training.batch_size, repeats)
   return out
 
 
@@ -115,8 +138,9 @@ def run_variant(name: str, *, steps: int, workdir: pathlib.Path, evaluator: qual
   samples = quality.sample_ours(runs.load_run(run_dir, step=steps), sampler="stochastic",
                                 ws=WS, labels=evaluator.labels, steps=quality.STEPS,
                                 batch_size=500, seed=seed, guidance_interval=guidance_interval)
+  size = evaluator.run_config.data.image_size
   return {"steps": steps, "what": VARIANTS[name][0], "guidance_interval": list(guidance_interval),
-          "metrics": {f"{w:g}": evaluator.metrics(samples[w]) for w in WS}}
+          "metrics": {f"{w:g}": evaluator.metrics(pad_to(samples[w], size)) for w in WS}}
 
 
 def table(results: dict[str, Any], floor: dict[str, float] | None) -> str:

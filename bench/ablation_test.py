@@ -1,9 +1,11 @@
 """Tests of the recipe ablation: its variants, the shipped preset, the table."""
+import numpy as np
 import pytest
 
 from bench import ablation
 from bench import common
 from cfg_jax import config_lib
+from cfg_jax import images
 from cfg_jax import models
 
 
@@ -12,14 +14,16 @@ def test_every_variant_is_a_valid_config(name):
   config_lib.validate(ablation.variant_config(name))
 
 
-def test_the_baseline_is_the_small_unet_and_combined_is_the_shipped_preset():
+def test_the_baseline_is_the_small_unet_and_the_preset_variant_is_the_shipped_preset():
   baseline = ablation.variant_config("baseline")
   assert models.num_params(models.create_model(baseline), baseline) == 345_713
-  preset, combined = common.preset("mnist"), ablation.variant_config("combined")
-  for group in ("model", "diffusion"):
-    assert combined[group].to_dict() == preset[group].to_dict(), group
-  for field in ("learning_rate", "lr_schedule", "ema_decay", "batch_size", "p_uncond"):
-    assert combined.training[field] == preset.training[field], field
+  assert baseline.data.image_size == 32
+  preset, variant = common.preset("mnist"), ablation.variant_config(ablation.PRESET)
+  for group in ("data", "model", "diffusion"):
+    assert variant[group].to_dict() == preset[group].to_dict(), group
+  for field in ("learning_rate", "lr_schedule", "ema_decay", "batch_size", "p_uncond",
+                "adam_b2"):
+    assert variant.training[field] == preset.training[field], field
 
 
 def test_each_single_change_differs_from_the_baseline_in_its_fields_only():
@@ -101,7 +105,7 @@ def test_a_timed_as_variant_computes_the_same_step_as_its_base():
     assert a.diffusion.to_dict() == b.diffusion.to_dict(), name
     changed = {k for k, v in config_lib.flatten(a.training).items()
                if v != config_lib.flatten(b.training)[k]}
-    assert changed <= {"learning_rate", "p_uncond"}, name
+    assert changed <= {"learning_rate", "p_uncond", "adam_b2"}, name
 
 
 def test_a_guidance_interval_reports_beside_the_table_guided_at_every_step(tmp_path,
@@ -118,3 +122,30 @@ def test_a_guidance_interval_reports_beside_the_table_guided_at_every_step(tmp_p
   assert sorted(p.name for p in guided.iterdir()) == ["ablation.md", "combined.json",
                                                        "floor.json"]
   assert (workdir / "combined.json").exists() and (workdir / "ablation.md").exists()
+
+
+def test_pad_to_pads_samples_as_the_data_pipeline_pads_the_digits():
+  digits = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
+  as_floats = lambda x: x.astype(np.float32) / 127.5 - 1.
+  padded = ablation.pad_to(as_floats(digits), 32)
+  np.testing.assert_array_equal(padded, as_floats(np.stack([images.fit(d, 32) for d in digits])))
+  np.testing.assert_array_equal(ablation.pad_to(padded, 32), padded)
+  with pytest.raises(ValueError, match="28x28 cannot be padded evenly to 31x31"):
+    ablation.pad_to(as_floats(digits), 31)
+
+
+def test_calibrate_times_each_variant_at_its_own_batch(monkeypatch):
+  batches = {}
+
+  class _TrainStep:
+    def __init__(self, config):
+      self.config = config
+
+    def seconds(self, batch_size, repeats):
+      batches[self.config.training.batch_size] = batch_size
+      return 0.5
+
+  monkeypatch.setattr(ablation.common, "TrainStep", _TrainStep)
+  assert ablation.calibrate(["combined", "combined_batch_32"]) == {
+      "combined": 0.5, "combined_batch_32": 0.5}
+  assert batches == {64: 64, 32: 32}

@@ -55,9 +55,11 @@ SMALL_UNET = {"ch": 16, "attn_resolutions": (16,), "num_head_channels": 32,
 
 
 def small_config() -> ml_collections.ConfigDict:
-  """configs/mnist.py with the SMALL_UNET model and ε-prediction: 345,713 parameters."""
+  """configs/mnist.py with the SMALL_UNET model and ε-prediction, on digits padded to
+  32x32: 345,713 parameters."""
   config = with_model(preset("mnist"), **SMALL_UNET)
   config.diffusion.prediction = "eps"
+  config.data.image_size = 32
   return config
 
 

@@ -52,6 +52,16 @@ def test_paper_parameter_counts_without_allocating(name, build):
   assert abs(_adm_count(count, config) / PAPER_COUNTS[name] - 1.) < 0.03
 
 
+@pytest.mark.parametrize("model, classifier", [("mnist", "mnist_classifier"),
+                                               ("imagenet64", "imagenet64_classifier"),
+                                               ("imagenet128", "imagenet128_classifier")])
+def test_each_classifier_preset_classifies_what_its_model_samples(model, classifier):
+  model, classifier = test_configs.preset(model), test_configs.preset(classifier)
+  assert config_lib.example_shape(classifier) == config_lib.example_shape(model)
+  assert classifier.data.num_classes == model.data.num_classes
+  assert classifier.data.source == model.data.source
+
+
 @pytest.mark.parametrize("name", PRESETS)
 def test_every_preset_is_valid_and_gives_the_right_output_shape(name, build):
   config, model, params = build(name)
