@@ -18,8 +18,9 @@ held-out digits).
 Out, under --workdir: report.md (the tables and targets), results.json, sample grids
 (`grid_<model>_<sampler>_w<w>.png`, 8 per class) and quality_vs_w.png. The stages can
 run apart: `--stage=train` on the machine whose minutes are measured, `--stage=evaluate`
-later (elsewhere, on a copy of the workdir): the samples do not depend on where they are
-drawn. Without torch and diffusers (`pip install -e ".[bench]"`) the peer is skipped.
+later (elsewhere, on a copy of the workdir, `--report_minutes` choosing among the marks
+trained): the samples do not depend on where they are drawn. Without torch and diffusers
+(`pip install -e ".[bench]"`) the peer is skipped.
 """
 from __future__ import annotations
 
@@ -361,7 +362,7 @@ def stage_evaluate(o: Options) -> dict[str, Any]:
   interval = runs.guidance_interval_of(run_config, o.guidance_interval)
   with_peer = o.peer and "peer" in training
   rows = []
-  for mark in training["report_minutes"]:
+  for mark in o.report_minutes:
     ours_step = next(r["step"] for r in training["ours"] if r["minutes"] == mark)
     run = runs.load_run(o.workdir / "ours", step=ours_step)
     for sampler in o.samplers:
@@ -384,12 +385,12 @@ def stage_evaluate(o: Options) -> dict[str, Any]:
                      "peer": evaluator.metrics(theirs[w]) if theirs else None})
   floor = evaluator.floor()
   results = {"machine": training["machine"], "eval_machine": common.machine(),
-             "report_minutes": training["report_minutes"], "samples_per_w": o.samples_per_w,
+             "report_minutes": o.report_minutes, "samples_per_w": o.samples_per_w,
              "steps": o.steps, "guidance_interval": list(interval), "rows": rows, "floor": floor,
              "training": {k: training[k] for k in ("ours", "peer") if k in training},
              "params": {"ours": models.num_params(models.create_model(run_config), run_config),
                         "peer": training.get("peer_params", 0)}}
-  results["targets"] = targets(rows, floor, training["report_minutes"])
+  results["targets"] = targets(rows, floor, o.report_minutes)
   (o.workdir / "results.json").write_text(json.dumps(results, indent=1))
   text = report(results)
   (o.workdir / "report.md").write_text(text + "\n")
@@ -404,7 +405,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, str]:
                       help="wall-clock minutes of training for each model")
   parser.add_argument("--report_minutes", default=None,
                       help="comma-separated marks to evaluate, ending at --minutes (default: "
-                           "--minutes alone)")
+                           "--minutes alone); with --stage=evaluate, which of the trained marks "
+                           "to measure (default: all)")
   parser.add_argument("--workdir", default="bench_quality", help="where everything is written")
   parser.add_argument("--config", default=str(common.ROOT / "configs" / "mnist.py"),
                       help="the preset trained (ours)")
@@ -430,8 +432,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, str]:
   except ValueError:
     parser.error(f"--ws must be a comma-separated list of finite numbers, got {args.ws!r}.")
   try:
-    marks = check_minutes(args.minutes, args.report_minutes and
-                          [float(m) for m in args.report_minutes.split(",")])
+    marks = args.report_minutes and [float(m) for m in args.report_minutes.split(",")]
+    if args.stage != "evaluate":
+      marks = check_minutes(args.minutes, marks)
   except ValueError as e:
     parser.error(str(e) if str(e).startswith("--") else
                  f"--report_minutes must be comma-separated numbers, got {args.report_minutes!r}.")
@@ -449,8 +452,15 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, str]:
   if args.stage != "evaluate" and (pathlib.Path(args.workdir) / "training.json").exists():
     parser.error(f"--workdir={args.workdir} already holds a trained benchmark; give a new "
                  f"one, or --stage=evaluate to measure it again.")
-  if args.stage == "evaluate" and not (pathlib.Path(args.workdir) / "training.json").exists():
-    parser.error(f"--workdir={args.workdir} has no training.json: run --stage=train first.")
+  if args.stage == "evaluate":
+    training = pathlib.Path(args.workdir) / "training.json"
+    if not training.exists():
+      parser.error(f"--workdir={args.workdir} has no training.json: run --stage=train first.")
+    trained = json.loads(training.read_text())["report_minutes"]
+    marks = sorted(set(marks or trained))
+    if not set(marks) <= set(trained):
+      parser.error(f"--report_minutes must be marks --workdir={args.workdir} was trained to "
+                   f"({','.join(f'{m:g}' for m in trained)}), got {args.report_minutes!r}.")
   with_peer = not args.no_peer and has_peer()
   if not args.no_peer and not with_peer:
     print("bench.quality: torch or diffusers is not installed (pip install -e \".[bench]\"): "

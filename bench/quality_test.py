@@ -44,8 +44,8 @@ def test_two_minute_run_trains_samples_measures_and_reports(tmp_path):
   again = _bench("--minutes=2", f"--workdir={workdir}")  # training again would resume
   assert again.returncode == 2 and "already holds a trained benchmark" in again.stderr
   # Measured again, ours alone with one sampler (the eval classifier is cached).
-  again = _bench("--stage=evaluate", "--no_peer", "--samplers=stochastic", "--ws=3",
-                 "--samples_per_w=20", "--steps=4", "--batch_size=20", f"--workdir={workdir}")
+  again = _bench("--stage=evaluate", "--report_minutes=2", "--no_peer", "--samplers=stochastic",
+                 "--ws=3", "--samples_per_w=20", "--steps=4", "--batch_size=20", f"--workdir={workdir}")
   assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
   results = json.loads((workdir / "results.json").read_text())
   assert [(r["sampler"], r["w"], r["peer"]) for r in results["rows"]] == [("stochastic", 3., None)]
@@ -73,6 +73,15 @@ def test_bad_flags_are_named_before_anything_runs(tmp_path, flags, message):
 def test_evaluate_needs_a_trained_workdir(tmp_path):
   proc = _bench("--stage=evaluate", f"--workdir={tmp_path}", timeout=60)
   assert proc.returncode == 2 and "has no training.json" in proc.stderr
+
+
+def test_evaluate_measures_only_marks_that_were_trained(tmp_path):
+  (tmp_path / "training.json").write_text(json.dumps({"report_minutes": [15., 45.]}))
+  proc = _bench("--stage=evaluate", "--report_minutes=30", f"--workdir={tmp_path}", timeout=60)
+  assert proc.returncode == 2, proc.stderr
+  assert f"--report_minutes must be marks --workdir={tmp_path} was trained to (15,45)" in (
+      proc.stderr)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["training.json"]
 
 
 def test_a_trainer_that_exits_before_the_mark_is_reported(tmp_path):
