@@ -190,12 +190,14 @@ def guided_eps(model: torch.nn.Module, z: torch.Tensor, t, labels: torch.Tensor,
                w: float) -> torch.Tensor:
   """ε̃ = (1 + w) ε(z, c) − w ε(z, ∅), from one forward on [z; z] with labels [c; ∅].
 
-  t: a scalar timestep or one per example.
+  At w = 0 that is ε(z, c), one forward on z alone. t: a scalar timestep or one per example.
   """
   t = torch.as_tensor(t, device=z.device)
+  labels = torch.as_tensor(labels, dtype=torch.long, device=z.device)
+  if w == 0:
+    return model(z, t, class_labels=labels).sample
   if t.ndim == 1:
     t = torch.cat([t, t])
-  labels = torch.as_tensor(labels, dtype=torch.long, device=z.device)
   eps = model(torch.cat([z, z]), t,
               class_labels=torch.cat([labels, torch.full_like(labels, NULL)])).sample
   eps_c, eps_u = eps.chunk(2)

@@ -67,7 +67,7 @@ def test_train_writes_the_ema_checkpoints_and_the_log(run):
   assert not all(torch.equal(v, _tiny_model().state_dict()[k]) for k, v in saved.items())
 
 
-def test_guided_eps_is_one_forward_of_the_conditional_and_null_labels():
+def test_guided_eps_mixes_the_conditional_and_null_labels_and_is_the_conditional_at_w0():
   model = _tiny_model()
   z = torch.randn(3, 1, 32, 32)
   labels = torch.tensor([0, 4, 9])
@@ -78,8 +78,10 @@ def test_guided_eps_is_one_forward_of_the_conditional_and_null_labels():
     for w, want in ((0., eps_c), (1., 2 * eps_c - eps_u), (3., 4 * eps_c - 3 * eps_u)):
       torch.testing.assert_close(peer_quality.guided_eps(model, z, t, labels, w), want,
                                  atol=1e-5, rtol=1e-5)
-    scalar_t = peer_quality.guided_eps(model, z, torch.tensor(500), labels, 1.)
-    torch.testing.assert_close(scalar_t, peer_quality.guided_eps(model, z, t * 0 + 500, labels, 1.))
+    for w in (0., 1.):
+      scalar_t = peer_quality.guided_eps(model, z, torch.tensor(500), labels, w)
+      torch.testing.assert_close(scalar_t, peer_quality.guided_eps(model, z, t * 0 + 500, labels,
+                                                                   w))
 
 
 def test_sample_is_uint8_deterministic_and_depends_on_the_sampler():
