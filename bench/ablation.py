@@ -5,7 +5,8 @@
 
 A budget is minutes of training on the machine where `--calibrate` timed each variant's
 training step (at its batch, 64 unless it changes it; fastest of 5 after compiling), so a
-variant that costs more per step gets fewer steps: variant v trains round(60 · minutes / seconds_per_step[v]) steps.
+variant that costs more per step gets fewer steps: variant v trains
+round(60 · minutes / seconds_per_step[v]) steps.
 Training and sampling can then run anywhere (a GPU runs the whole table in minutes);
 the steps, not the machine, fix the result (a variant of TIMED_AS trains its base's
 steps). Each variant is trained from scratch with
