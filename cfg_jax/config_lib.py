@@ -88,7 +88,7 @@ def base_config() -> ml_collections.ConfigDict:
   training.adam_b1 = 0.9
   training.adam_b2 = 0.999
   training.adam_eps = 1e-8
-  training.ema_decay = 0.9999
+  training.ema_decay = 0.9999  # the decay from step 99,990 on; before, (1+t)/(10+t)
   training.checkpoint_every = 1000
   training.max_to_keep = 3
   training.log_every = 100

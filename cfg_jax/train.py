@@ -95,7 +95,9 @@ def create_train_state(config: ml_collections.ConfigDict, model: Any,
 
 
 def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
-  """min(decay, (1 + t) / (10 + t)): early EMA follows the live weights, then settles at decay."""
+  """min(decay, (1 + t) / (10 + t)): early EMA follows the live weights, then settles at
+  decay from step (10 decay - 1) / (1 - decay) on (8,990 for 0.999, 99,990 for 0.9999);
+  a shorter run never reaches `decay`, and its EMA does not depend on it."""
   step = step.astype(jnp.float32)
   return jnp.minimum(decay, (1. + step) / (10. + step))
 

@@ -72,6 +72,15 @@ def test_train_writes_checkpoints_events_and_samples(tmp_path):
   assert any(not np.allclose(a, b) for a, b in zip(live, ema))
 
 
+@pytest.mark.parametrize("decay,reached", [(0.995, 1_790), (0.999, 8_990)])
+def test_ema_decay_is_reached_at_the_step_its_docstring_gives(decay, reached):
+  at = lambda t, d=decay: float(train.ema_decay_at(np.int32(t), d))
+  assert at(reached - 1) < np.float32(decay) and at(reached) == pytest.approx(decay, abs=1e-7)
+  assert at(reached + 10_000) == np.float32(decay)
+  # Before that step the decay does not depend on `decay`.
+  assert at(reached - 1, 0.9995) == at(reached - 1) == np.float32(reached / (reached + 9))
+
+
 def test_loss_falls(tmp_path):
   config = test_configs.toy2d(num_steps=300, batch_size=64, log_every=100, checkpoint_every=1000)
   train.train(config, str(tmp_path))
