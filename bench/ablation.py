@@ -11,7 +11,7 @@ Training and sampling can then run anywhere (a GPU runs the whole table in minut
 the steps, not the machine, fix the result (a variant of TIMED_AS trains its base's
 steps). Each variant is trained from scratch with
 `cfg_jax.train.train`, sampled with the stochastic sampler, 50 steps, at w ∈ {0, 1, 3},
-and measured as bench.quality measures (bench.quality.Evaluator, on the baseline's 32x32
+and measured as bench.quality measures (cfg_jax.evaluation.evaluator.Evaluator, on the baseline's 32x32
 digits: a variant that models the 28x28 digits unpadded has its samples padded with the
 background, as the data pipeline pads the digits). The table goes to
 <workdir>/ablation.md and <variant>.json; `--only` picks variants (runs can be split
@@ -33,6 +33,7 @@ from bench import common
 from bench import quality
 from cfg_jax import runs
 from cfg_jax import train
+from cfg_jax.evaluation import evaluator as cfg_evaluator
 
 WS = (0., 1., 3.)
 BATCH = 64
@@ -125,7 +126,7 @@ def calibrate(names: Sequence[str], repeats: int = 5) -> dict[str, float]:
   return out
 
 
-def run_variant(name: str, *, steps: int, workdir: pathlib.Path, evaluator: quality.Evaluator,
+def run_variant(name: str, *, steps: int, workdir: pathlib.Path, evaluator: cfg_evaluator.Evaluator,
                 seed: int, guidance_interval: Sequence[float] = ()) -> dict[str, Any]:
   """Trains the variant for `steps` (unless done before), samples and measures it at each w
   of WS, guided for λ in guidance_interval (() every step)."""
@@ -136,9 +137,10 @@ def run_variant(name: str, *, steps: int, workdir: pathlib.Path, evaluator: qual
   run_dir = workdir / name
   common.progress(f"{name}: training {steps} steps")
   train.train(config, str(run_dir))
-  samples = quality.sample_ours(runs.load_run(run_dir, step=steps), sampler="stochastic",
-                                ws=WS, labels=evaluator.labels, steps=quality.STEPS,
-                                batch_size=500, seed=seed, guidance_interval=guidance_interval)
+  spec = runs.sampling_spec(config, {"num_steps": quality.STEPS, "sampler": "stochastic",
+                                     "guidance_interval": tuple(guidance_interval)})
+  samples = runs.sample_ws(runs.load_run(run_dir, step=steps), spec, ws=WS,
+                           labels=evaluator.labels, batch_size=500, seed=seed)
   size = evaluator.run_config.data.image_size
   return {"steps": steps, "what": VARIANTS[name][0], "guidance_interval": list(guidance_interval),
           "metrics": {f"{w:g}": evaluator.metrics(pad_to(samples[w], size)) for w in WS}}
@@ -206,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   out = workdir / f"guided_{interval[0]:g}_{interval[1]:g}" if interval else workdir
   out.mkdir(parents=True, exist_ok=True)
   if not args.report:
-    evaluator = quality.Evaluator(variant_config("baseline"), cache_dir=workdir / "eval",
+    evaluator = cfg_evaluator.Evaluator(variant_config("baseline"), cache_dir=workdir / "eval",
                                   num_samples=args.samples_per_w)
     for name in names:
       result = run_variant(name, steps=steps[name], workdir=workdir, evaluator=evaluator,

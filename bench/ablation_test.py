@@ -90,7 +90,7 @@ def _step_seconds(tmp_path):
 def test_a_variant_timed_as_its_base_trains_its_steps_guided_at_every_step(name, tmp_path,
                                                                            monkeypatch):
   calls = {}
-  monkeypatch.setattr(ablation.quality, "Evaluator", _Evaluator)
+  monkeypatch.setattr(ablation.cfg_evaluator, "Evaluator", _Evaluator)
   monkeypatch.setattr(ablation, "run_variant", _fake_run_variant(calls))
   ablation.main(["--minutes=1", _step_seconds(tmp_path), f"--only=combined,{name}",
                  f"--workdir={tmp_path / 'w'}"])
@@ -111,7 +111,7 @@ def test_a_timed_as_variant_computes_the_same_step_as_its_base():
 def test_a_guidance_interval_reports_beside_the_table_guided_at_every_step(tmp_path,
                                                                            monkeypatch):
   calls = {}
-  monkeypatch.setattr(ablation.quality, "Evaluator", _Evaluator)
+  monkeypatch.setattr(ablation.cfg_evaluator, "Evaluator", _Evaluator)
   monkeypatch.setattr(ablation, "run_variant", _fake_run_variant(calls))
   workdir, times = tmp_path / "w", _step_seconds(tmp_path)
   ablation.main(["--minutes=1", times, "--only=combined", f"--workdir={workdir}"])

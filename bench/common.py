@@ -20,9 +20,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app
 
-from cfg_jax import cli
+from cfg_jax import checks
 from cfg_jax import config_lib
 from cfg_jax import models
 from cfg_jax import sampling
@@ -34,9 +33,7 @@ W = 2.  # the guidance weight of every guided figure
 SAMPLING_STEPS = 2  # T of the per-step sampling figures
 
 
-def preset(name: str) -> ml_collections.ConfigDict:
-  """configs/<name>.py."""
-  return config_lib.load_config_file(ROOT / "configs" / f"{name}.py")
+preset = config_lib.preset
 
 
 def reduced64_config() -> ml_collections.ConfigDict:
@@ -279,12 +276,16 @@ def repeats_flag(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
 def guidance_interval_flag(parser: argparse.ArgumentParser,
                            text: str | None) -> tuple[float, ...] | None:
   """--guidance_interval's text: "lo,hi" as (lo, hi), "" as () (every step), None (not
-  given) as None; a parser error naming the flag otherwise."""
+  given) as None; a parser error naming the flag otherwise (the sampler's own rule)."""
+  if text is None:
+    return None
   try:
-    return cli.parse_guidance_interval(
-        None if text is None else [b for b in text.split(",") if b.strip()])
-  except app.UsageError as e:
-    parser.error(str(e))
+    interval = tuple(float(b) for b in text.split(",") if b.strip())
+    checks.check("--guidance_interval", interval, sampling.OPTION_RULES["guidance_interval"])
+  except ValueError as e:
+    parser.error(f"--guidance_interval must be lo,hi with lo <= hi, or empty to guide every "
+                 f"step, got {text!r} ({e})")
+  return interval
 
 
 def emit(results: dict[str, Any], text: str, out: str | None) -> None:

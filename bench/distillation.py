@@ -26,6 +26,7 @@ from bench import common
 from bench import quality
 from cfg_jax import config_lib
 from cfg_jax import runs
+from cfg_jax.evaluation import evaluator as cfg_evaluator
 
 WS = (0., 1., 3.)
 TEACHER_STEPS = (64, 128)
@@ -53,12 +54,13 @@ def evaluate(teacher_workdir: pathlib.Path, workdir: pathlib.Path, *, ws: Sequen
   """Samples and measures every sampler at every w; times each on one batch."""
   teacher = runs.load_run(teacher_workdir, step=json.loads(
       (workdir / "student" / runs.DISTILL_FILE).read_text())["teacher_step"])
-  evaluator = quality.Evaluator(teacher.config, cache_dir=workdir / "eval",
+  evaluator = cfg_evaluator.Evaluator(teacher.config, cache_dir=workdir / "eval",
                                 num_samples=samples_per_w, batch_size=batch_size)
   labels, rows = evaluator.labels, []
   batch = min(batch_size, len(labels))
   for name, run, steps, passes in samplers(teacher, workdir, teacher_steps):
-    sample_fn = runs.make_run_sample_fn(run, num_steps=steps, sampler="ddim")
+    sample_fn = runs.make_run_sample_fn(
+        run, runs.sampling_spec(run.config, {"num_steps": steps, "sampler": "ddim"}))
     common.progress(f"sampling {name}")
     key = jax.random.PRNGKey(seed)
     seconds = common.timed(lambda: sample_fn(run.params, key, labels[:batch], 1.), repeats)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import io
 import json
 import math
 import pathlib
@@ -41,20 +40,22 @@ import numpy as np
 
 from bench import common
 from cfg_jax import checkpointing
+from cfg_jax import config_files
 from cfg_jax import files
 from cfg_jax import input_pipeline
 from cfg_jax import models
 from cfg_jax import runs
+from cfg_jax import sampling
 from cfg_jax import train
 from cfg_jax import visualization
+from cfg_jax.evaluation import evaluator
 from cfg_jax.evaluation import real_data
 from cfg_jax.evaluation import report as eval_report
-from cfg_jax.evaluation import sweep
 
 WS = (0., 0.5, 1., 2., 3.)
 GRID_WS = (0., 1., 3.)
 STEPS = 50
-SAMPLERS = ("stochastic", "ddim")
+SAMPLERS = sampling.SAMPLERS
 PEER_SAMPLER = {"stochastic": "ddpm", "ddim": "ddim"}  # the peer's scheduler of the same kind
 UNBOUNDED = 10**9  # num_steps, checkpoint_every, sample_every: the clock stops training
 
@@ -116,7 +117,7 @@ def write_data(run_config: Any, path: pathlib.Path) -> None:
   """The run's data as the peer reads it: x float32 [N, H, W, C] in [-1, 1], label [N]."""
   dataset = input_pipeline.create_dataset(run_config, process_index=0, process_count=1)
   x, labels = real_data.read_examples(dataset, len(dataset))
-  _save_npz(path, x=x.astype(np.float32), label=labels.astype(np.int64))
+  files.write_npz_atomic(path, x=x.astype(np.float32), label=labels.astype(np.int64))
 
 
 def peer(*args: str) -> None:
@@ -128,58 +129,12 @@ def peer(*args: str) -> None:
 # -------------------------------------------------------------------------- evaluation
 
 
-class Evaluator:
-  """The project's evaluator for a run's data: the eval classifier, the data's statistics,
-  and the intended labels (num_samples spread evenly over the classes)."""
-
-  def __init__(self, run_config: Any, *, cache_dir: pathlib.Path, num_samples: int,
-               batch_size: int = 500):
-    self.run_config, self.batch_size = run_config, batch_size
-    self.net = sweep.make_feature_net(run_config, inception_weights=None,
-                                      eval_classifier_config=None,
-                                      eval_classifier_dir=cache_dir / "eval_classifier")
-    self.real = real_data.real_statistics(self.net, run_config, num_real=None,
-                                          cache_dir=cache_dir / "fid_stats",
-                                          batch_size=batch_size)
-    self.labels = runs.make_labels(run_config.data.num_classes, num_samples=num_samples)
-
-  def metrics(self, x: np.ndarray, labels: np.ndarray | None = None) -> dict[str, float]:
-    """FID, IS, precision, recall and accuracy of images x ([-1, 1] floats or uint8)."""
-    return sweep.sample_metrics(_as_float(x), self.labels if labels is None else labels, self.net,
-                                self.real, k=3, is_splits=10, batch_size=self.batch_size)
-
-  def floor(self) -> dict[str, float]:
-    """The last num_samples digits of the data, measured as samples are; their accuracy is
-    the eval classifier's on its own held-out digits."""
-    dataset = input_pipeline.create_dataset(real_data.eval_data_config(self.run_config),
-                                            process_index=0, process_count=1)
-    n = len(self.labels)
-    if n > len(dataset):
-      raise ValueError(f"--samples_per_w={n} exceeds the {len(dataset)} digits of the data.")
-    x, labels = real_data.read_examples(dataset, len(dataset))
-    row = self.metrics(x[-n:], labels[-n:])
-    row["accuracy"] = self.net.info["eval_classifier_held_out_accuracy"]
-    return row
-
-
-def sample_ours(run: runs.Run, *, sampler: str, ws: Sequence[float], labels: np.ndarray,
-                steps: int, batch_size: int, seed: int,
-                guidance_interval: Sequence[float] = ()) -> dict[float, np.ndarray]:
-  """Samples of a restored run for each w: float images in [-1, 1]. guidance_interval is
-  (logsnr_lo, logsnr_hi), or () to guide every step."""
-  batch_size = min(batch_size, len(labels))  # the last batch is padded to batch_size
-  sample_fn = runs.make_run_sample_fn(run, num_steps=steps, sampler=sampler,
-                                      guidance_interval=guidance_interval)
-  return {w: x for _, w, x in runs.sample_guidance_grid(sample_fn, run, labels, ws=ws,
-                                                        batch_size=batch_size, seed=seed)}
-
-
 def sample_peer(checkpoint: pathlib.Path, *, sampler: str, ws: Sequence[float],
                 labels: np.ndarray, steps: int, batch_size: int, seed: int,
                 scratch: pathlib.Path) -> dict[float, np.ndarray]:
   """Samples of the peer's checkpoint for each w: uint8 images (bench.peer_quality)."""
   labels_path, out = scratch / "labels.npz", scratch / f"peer_{sampler}.npz"
-  _save_npz(labels_path, label=labels.astype(np.int64))
+  files.write_npz_atomic(labels_path, label=labels.astype(np.int64))
   peer("sample", f"--checkpoint={checkpoint}", f"--config={checkpoint.parent / 'train_log.json'}",
        f"--labels={labels_path}",
        f"--ws={','.join(f'{w:g}' for w in ws)}", f"--sampler={PEER_SAMPLER[sampler]}",
@@ -194,7 +149,7 @@ def write_grids(samples: dict[float, np.ndarray], labels: np.ndarray, out: pathl
   for w in GRID_WS:
     if w not in samples:
       continue
-    x = _as_float(samples[w])
+    x = evaluator.as_float(samples[w])
     keep = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(num_classes)])
     visualization.save_sample_picture(x[keep], labels[keep], out / f"grid_{name}_w{w:g}.png",
                                       num_classes=num_classes)
@@ -258,7 +213,7 @@ def report(results: dict[str, Any]) -> str:
       lines.append(f"| {name} | {r['minutes']:g} | {r['step']:,} | "
                    f"{results['params'].get(name, 0):,} |")
   n, interval = results["samples_per_w"], results["guidance_interval"]
-  guided = runs.describe_guidance_interval(interval)
+  guided = f"for λ in [{interval[0]:g}, {interval[1]:g}]" if interval else "at every step"
   lines += ["", f"{n} samples per w, {results['steps']} steps; ours guided {guided}, the "
             "peer at every step. Columns: accuracy on the intended labels, FID, IS, "
             "precision, recall (eval-classifier features).", "",
@@ -300,18 +255,6 @@ def plot(results: dict[str, Any], path: pathlib.Path) -> None:
   plt.close(fig)
 
 
-def _as_float(x: np.ndarray) -> np.ndarray:
-  """Images as floats in [-1, 1]: uint8 ones (the peer's) mapped back, floats as they are."""
-  return x.astype(np.float32) / 127.5 - 1. if x.dtype == np.uint8 else x
-
-
-def _save_npz(path: pathlib.Path, **arrays) -> None:
-  buffer = io.BytesIO()
-  np.savez(buffer, **arrays)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  files.write_bytes_atomic(path, buffer.getvalue())
-
-
 # ------------------------------------------------------------------------------ stages
 
 
@@ -341,7 +284,7 @@ def stage_train(o: Options) -> None:
                                 overrides=o.overrides)
   if o.peer:
     data = o.workdir / "data.npz"
-    write_data(checkpointing.load_config(o.workdir / "ours"), data)  # overrides included
+    write_data(config_files.load_config(o.workdir / "ours"), data)  # overrides included
     common.progress(f"training the peer for {o.minutes:g} minutes")
     peer("train", f"--data={data}", f"--minutes={o.minutes:g}",
          f"--report_minutes={','.join(f'{m:g}' for m in o.report_minutes)}",
@@ -356,10 +299,12 @@ def stage_train(o: Options) -> None:
 def stage_evaluate(o: Options) -> dict[str, Any]:
   """Samples both models at every mark, sampler and w; writes the report and pictures."""
   training = json.loads((o.workdir / "training.json").read_text())
-  run_config = checkpointing.load_config(o.workdir / "ours")
-  evaluator = Evaluator(run_config, cache_dir=o.workdir / "eval", num_samples=o.samples_per_w)
-  labels, num_classes = evaluator.labels, run_config.data.num_classes
-  interval = runs.guidance_interval_of(run_config, o.guidance_interval)
+  run_config = config_files.load_config(o.workdir / "ours")
+  measure = evaluator.Evaluator(run_config, cache_dir=o.workdir / "eval",
+                                num_samples=o.samples_per_w)
+  labels, num_classes = measure.labels, run_config.data.num_classes
+  interval = tuple(run_config.sampling.guidance_interval if o.guidance_interval is None
+                   else o.guidance_interval)
   with_peer = o.peer and "peer" in training
   rows = []
   for mark in o.report_minutes:
@@ -367,8 +312,10 @@ def stage_evaluate(o: Options) -> dict[str, Any]:
     run = runs.load_run(o.workdir / "ours", step=ours_step)
     for sampler in o.samplers:
       common.progress(f"sampling ours at minute {mark:g}, {sampler}")
-      ours = sample_ours(run, sampler=sampler, ws=o.ws, labels=labels, steps=o.steps,
-                         batch_size=o.batch_size, seed=o.seed, guidance_interval=interval)
+      spec = runs.sampling_spec(run_config, {"num_steps": o.steps, "sampler": sampler,
+                                             "guidance_interval": interval})
+      ours = runs.sample_ws(run, spec, ws=o.ws, labels=labels, batch_size=o.batch_size,
+                         seed=o.seed)
       theirs = {}
       if with_peer:
         common.progress(f"sampling the peer at minute {mark:g}, {PEER_SAMPLER[sampler]}")
@@ -381,9 +328,9 @@ def stage_evaluate(o: Options) -> dict[str, Any]:
           write_grids(theirs, labels, o.workdir, f"peer_{sampler}", num_classes)
       for w in o.ws:
         rows.append({"minutes": mark, "sampler": sampler, "w": w,
-                     "ours": evaluator.metrics(ours[w]),
-                     "peer": evaluator.metrics(theirs[w]) if theirs else None})
-  floor = evaluator.floor()
+                     "ours": measure.metrics(ours[w]),
+                     "peer": measure.metrics(theirs[w]) if theirs else None})
+  floor = measure.floor()
   results = {"machine": training["machine"], "eval_machine": common.machine(),
              "report_minutes": o.report_minutes, "samples_per_w": o.samples_per_w,
              "steps": o.steps, "guidance_interval": list(interval), "rows": rows, "floor": floor,

@@ -15,10 +15,7 @@ unreadable metadata) is reported and the next older one is used (`restore_newest
 from __future__ import annotations
 
 import datetime
-import errno
-import json
 import logging as std_logging
-import sys
 from typing import Any, Callable, TypeVar
 
 from absl import logging
@@ -28,11 +25,12 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
-from cfg_jax import files
+from cfg_jax import checkpoint_errors
+from cfg_jax import config_files
+from cfg_jax import data_sources
 
 T = TypeVar("T")
 DAMAGED_DIR = "damaged_checkpoints"  # where the trainer moves checkpoints it cannot restore
-_ORBAX_TMP = ".orbax-checkpoint-tmp"  # the suffix of orbax's in-progress save folders
 
 
 class CheckpointWriteError(OSError):
@@ -56,14 +54,6 @@ SIGNATURE_FIELDS = {
 # are: a run may resume with them changed (and checkpoints written before they existed
 # still match).
 NOT_IN_SIGNATURE = ("model.remat", "model.label_emb_std")
-# Fields added after runs were first written, with the value that means what a run written
-# without the field did: `load_config` fills them into an older run's config.json and
-# `check_signature` into an older checkpoint's signature. label_emb_std only sets how a
-# table starts, which a restored run never repeats.
-ADDED_FIELDS = {"model.logsnr_emb_ch": 0, "model.label_emb_std": 1., "model.w_emb_ch": 0,
-                "training.lr_schedule": "constant", "sampling.guidance_interval": ()}
-
-
 def signature(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The config fields that fix the shapes and meaning of the saved parameters."""
   out = {}
@@ -74,7 +64,7 @@ def signature(config: ml_collections.ConfigDict) -> dict[str, Any]:
         continue
       value = values[name]
       out[f"{group}.{name}"] = list(value) if isinstance(value, tuple) else value
-  if config.data.source == "toy2d":
+  if data_sources.holds_points(config.data):
     out.pop("data.image_size"), out.pop("data.channels")
   return out
 
@@ -92,7 +82,7 @@ class Checkpointer:
     self.workdir = epath.Path(workdir)
     self.directory = self.workdir / "checkpoints"
     if read_only:
-      std_logging.getLogger("absl").addFilter(_READ_ONLY_NOTICE)
+      std_logging.getLogger("absl").addFilter(checkpoint_errors.READ_ONLY_NOTICE)
       options = ocp.CheckpointManagerOptions(read_only=True, create=False,
                                              cleanup_tmp_directories=False,
                                              save_interval_steps=0,
@@ -125,8 +115,9 @@ class Checkpointer:
 
   def _write_failure(self, step: int | None, error: Exception) -> str:
     what = "a checkpoint" if step is None else f"the checkpoint of step {step}"
-    cause, remedy, shown = write_failure_cause(error)
-    return (f"Could not write {what} to {self.directory}: {cause} ({short_error(shown)}). "
+    cause, remedy, shown = checkpoint_errors.write_failure_cause(error)
+    return (f"Could not write {what} to {self.directory}: {cause} "
+            f"({checkpoint_errors.short_error(shown)}). "
             f"Earlier checkpoints are intact (latest complete: step "
             f"{self._manager.latest_step()}); {remedy}, then rerun the same command to resume.")
 
@@ -198,10 +189,10 @@ class Checkpointer:
       except ModelMismatchError:
         raise
       except Exception as e:  # orbax and tensorstore raise many types on damaged files
-        _quiet_abandoned_reads()
+        checkpoint_errors.quiet_abandoned_reads()
         self._manager.reload()
         if candidates[0] in self._manager.all_steps():  # else rotated out meanwhile: not damage
-          failures[candidates[0]] = short_error(e)
+          failures[candidates[0]] = checkpoint_errors.short_error(e)
         continue
       return self._restored(candidates[0], value, failures, move_damaged)
     if step is not None:
@@ -246,34 +237,9 @@ class Checkpointer:
     self._manager.close()
 
 
-CONFIG_FILE = "config.json"
-
-
-def save_config(workdir: epath.PathLike, config: ml_collections.ConfigDict) -> None:
-  """Writes the run's config beside its checkpoints (process 0 only), for generate/evaluate."""
-  if jax.process_index() == 0:
-    path = epath.Path(workdir) / CONFIG_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    files.write_text_atomic(path, config.to_json(indent=2))
-
-
-def load_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
-  """The config a run in `workdir` was trained with, with the ADDED_FIELDS it predates."""
-  path = epath.Path(workdir) / CONFIG_FILE
-  if not path.exists():
-    raise FileNotFoundError(f"--workdir={workdir} holds no {CONFIG_FILE}: it is not a cfg_jax "
-                            f"training run (python -m cfg_jax.train writes one).")
-  # JSON turns the config's tuples into lists, which config_lib.validate accepts alike.
-  fields = json.loads(path.read_text())
-  for name, value in ADDED_FIELDS.items():
-    group, field = name.split(".")
-    fields.get(group, {}).setdefault(field, value)
-  return ml_collections.ConfigDict(fields)
-
-
 def check_signature(saved: dict[str, Any], current: dict[str, Any], where: Any) -> None:
   """Refuses to restore a checkpoint of a different model; names every differing field."""
-  saved = {k: v for k, v in ADDED_FIELDS.items() if k in current} | saved
+  saved = {k: v for k, v in config_files.ADDED_FIELDS.items() if k in current} | saved
   diffs = [f"config.{k}: checkpoint has {saved.get(k)!r}, config has {current.get(k)!r}"
            for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
   if diffs:
@@ -287,76 +253,3 @@ def abstract_like(tree: Any, sharding: jax.sharding.Sharding) -> Any:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
-def short_error(error: BaseException, limit: int = 300) -> str:
-  """`Type: message` on one line, without tensorstore's spec dumps, at most ~`limit` chars."""
-  text = error.args[0] if isinstance(error, KeyError) and error.args else error
-  text = " ".join(str(text).split(" [tensorstore_spec")[0].split())
-  if len(text) > limit:
-    text = f"{text[:limit // 3]} … {text[-2 * limit // 3:]}"
-  return f"{type(error).__name__}: {text}"
-
-
-def write_failure_cause(error: BaseException) -> tuple[str, str, BaseException]:
-  """(what went wrong, what to do, the exception that shows it) for a failed checkpoint save.
-
-  Looks through the exception and its causes, innermost first: a missing orbax temporary
-  folder (deleted by another process during the save), a full disk, a read-only or
-  forbidden folder.
-  """
-  chain, e = [], error
-  while e is not None and e not in chain:
-    chain.append(e)
-    e = e.__cause__ or e.__context__
-  for e in reversed(chain):
-    text, code = str(e), getattr(e, "errno", None)
-    if _ORBAX_TMP in text and (code == errno.ENOENT or "NOT_FOUND" in text):
-      return ("its temporary folder vanished while the save was in progress: another process "
-              "deleted it (a sample or evaluate of an older cfg_jax, a cleanup job or a sync "
-              "tool)", "stop that process", e)
-    if code in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in text:
-      return "the disk is full", "free disk space", e
-    if code in (errno.EROFS, errno.EACCES, errno.EPERM) or any(
-        s in text for s in ("Read-only file system", "Permission denied")):
-      return ("the folder is read-only or not writable",
-              "fix its permissions, or use another --workdir", e)
-  return "the write failed", "fix the cause", chain[-1]
-
-
-class _DropMessages(std_logging.Filter):
-  """Drops the log records whose message starts with one of `prefixes`."""
-
-  def __init__(self, *prefixes: str):
-    super().__init__()
-    self.prefixes = prefixes
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    return not str(record.msg).startswith(self.prefixes)
-
-
-# Orbax's warning at every read-only CheckpointManager, which reads as a problem.
-_READ_ONLY_NOTICE = _DropMessages("Given directory is read only")
-# asyncio's reports of the reads that orbax abandons when a restore fails.
-_ABANDONED_READS = _DropMessages("Task exception was never retrieved",
-                                 "Future exception was never retrieved")
-
-
-def _quiet_abandoned_reads() -> None:
-  """Silences the echoes of a failed restore, which `restore_newest` reports in one line.
-
-  When one array of a checkpoint cannot be read, orbax gives up its other reads: asyncio
-  then logs each of their errors as "never retrieved", and tensorstore's callbacks of
-  those still in flight find orbax's event loop closed ("Event loop is closed", through
-  sys.unraisablehook), dozens of tracebacks repeating the reported error.
-  """
-  std_logging.getLogger("asyncio").addFilter(_ABANDONED_READS)  # a no-op once added
-  if getattr(sys.unraisablehook, "drops_closed_loop_callbacks", False):
-    return
-  previous = sys.unraisablehook
-
-  def hook(unraisable: Any) -> None:
-    error = unraisable.exc_value
-    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
-      previous(unraisable)
-
-  hook.drops_closed_loop_callbacks = True
-  sys.unraisablehook = hook

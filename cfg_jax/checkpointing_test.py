@@ -1,6 +1,5 @@
-"""Tests of the checkpointer: read-only readers, the causes of a failed write."""
+"""Tests of the checkpointer: read-only readers, the causes of a failed write, signatures."""
 import errno
-import json
 import os
 import re
 
@@ -98,18 +97,3 @@ def test_a_checkpoint_from_before_a_field_existed_matches_its_old_value(field):
     checkpointing.check_signature(saved, checkpointing.signature(config), "old")
   config.model.label_emb_std = 0.5  # how the table starts: not part of the signature
   assert "model.label_emb_std" not in checkpointing.signature(config)
-
-
-def test_a_run_written_before_fields_existed_loads_with_their_old_values(tmp_path):
-  train.train(test_configs.toy2d(num_steps=2), str(tmp_path))
-  path = tmp_path / checkpointing.CONFIG_FILE
-  fields = json.loads(path.read_text())
-  for name in checkpointing.ADDED_FIELDS:
-    group, field = name.split(".")
-    del fields[group][field]
-  path.write_text(json.dumps(fields))
-  config = checkpointing.load_config(tmp_path)
-  assert {name: config[name.split(".")[0]][name.split(".")[1]]
-          for name in checkpointing.ADDED_FIELDS} == checkpointing.ADDED_FIELDS
-  run = runs.load_run(tmp_path)  # validates the config and checks the signature
-  assert run.step == 2 and tuple(run.config.sampling.guidance_interval) == ()

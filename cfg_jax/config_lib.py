@@ -11,7 +11,10 @@ import math
 from etils import epath
 import ml_collections
 
+from cfg_jax import checks
+from cfg_jax import data_sources
 from cfg_jax import diffusion
+from cfg_jax import guidance
 from cfg_jax import sampling
 from cfg_jax import schedules
 
@@ -32,6 +35,16 @@ def load_config_file(path: epath.PathLike, *, flag: str = "--config"
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+def preset(name: str) -> ml_collections.ConfigDict:
+  """The preset configs/<name>.py (installed as cfg_jax.configs), e.g. preset("mnist")."""
+  from cfg_jax import configs  # pylint: disable=g-import-not-at-top  (its files import this one)
+  folder = epath.Path(configs.__file__).parent
+  if not (folder / f"{name}.py").is_file():
+    raise FileNotFoundError(f"There is no preset {name!r}; the presets are "
+                            f"{sorted(p.stem for p in folder.glob('[!_]*.py'))}.")
+  return load_config_file(folder / f"{name}.py")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -96,118 +109,93 @@ def base_config() -> ml_collections.ConfigDict:
   training.nonfinite = "stop"  # NaN/inf loss or gradient: stop, or skip the step's update
 
   config.sampling = sampling = ml_collections.ConfigDict()
+  # The sampler's options (sampling.OPTIONS), passed to sampling.make_sample_fn whole.
   sampling.v = 0.3
   sampling.num_steps = 256
-  sampling.w = (0., 0.5, 2.)
   sampling.sampler = "stochastic"  # stochastic | ddim
   sampling.clip_x = True
+  sampling.guidance = "cfg"    # the rule: cfg | rescale | apg | cfgpp | cfg_zero_star
+  # Every rule's parameters; the chosen rule reads its own (cfg_jax.guidance).
+  sampling.guidance_params = ml_collections.ConfigDict(dict(guidance.PARAM_DEFAULTS))
+  sampling.w_schedule = "constant"  # w over the steps: constant | linear | cosine
   sampling.guidance_interval = ()  # (λ_lo, λ_hi): guide only there; () guides every step
+  # The training loop's sample grids.
+  sampling.w = (0., 0.5, 2.)
   sampling.num_per_class = 8   # grid columns
   sampling.grid_classes = 10   # grid rows: the first classes (ImageNet has 1000)
   return config
 
 
-def _is_int(x) -> bool:
-  return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_real(x) -> bool:
-  return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _int_at_least(lo):
-  return (lambda x: _is_int(x) and x >= lo), f"an int >= {lo}"
-
-
-def _real_in(lo, hi, *, lo_open=False, hi_open=False):
-  def check(x):
-    return (_is_real(x) and (x > lo if lo_open else x >= lo)
-            and (x < hi if hi_open else x <= hi))
-  return check, f"a number in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-
-
 def _even_int(zero_means):
-  return (lambda x: _is_int(x) and x >= 0 and x % 2 == 0), f"0 ({zero_means}) or an even int >= 2"
-
-
-def _one_of(*values):
-  return (lambda x: x in values), f"one of {values}"
+  return (lambda x: checks.is_int(x) and x >= 0 and x % 2 == 0), (f"0 ({zero_means}) or an "
+                                                                   f"even int >= 2")
 
 
 def _ints_tuple(*, allow_empty):
   check = lambda x: (isinstance(x, (tuple, list)) and (allow_empty or len(x) > 0)
-                     and all(_is_int(v) and v >= 1 for v in x))
+                     and all(checks.is_int(v) and v >= 1 for v in x))
   return check, f"a {'' if allow_empty else 'non-empty '}tuple of ints >= 1"
 
 
-_BOOL = (lambda x: isinstance(x, bool)), "True or False"
-_POSITIVE = _real_in(0, math.inf, lo_open=True, hi_open=True)
-_NON_NEGATIVE = _real_in(0, math.inf, hi_open=True)
-
 # Every field of base_config(): (check, what is allowed).
 RULES = {
-    "seed": _int_at_least(0),
+    "seed": checks.int_at_least(0),
     "data.source": ((lambda x: isinstance(x, str) and bool(x)), "a non-empty string"),
-    "data.image_size": _int_at_least(1),
-    "data.channels": _one_of(1, 3),
-    "data.num_classes": _int_at_least(1),
-    "data.random_flip": _BOOL,
-    "data.resize": _BOOL,
+    "data.image_size": checks.int_at_least(1),
+    "data.channels": checks.one_of(1, 3),
+    "data.num_classes": checks.int_at_least(1),
+    "data.random_flip": checks.BOOL,
+    "data.resize": checks.BOOL,
     "data.tfds_data_dir": ((lambda x: isinstance(x, str)), "a path string ('' for the default)"),
     "data.tfds_split": ((lambda x: isinstance(x, str) and bool(x)), "a tfds split such as 'train'"),
-    "data.toy2d_num_examples": _int_at_least(1),
-    "data.toy2d_radius": _POSITIVE,
-    "data.toy2d_std": _POSITIVE,
-    "model.name": _one_of(*MODEL_NAMES),
-    "model.ch": _int_at_least(1),
-    "model.num_res_blocks": _int_at_least(1),
+    "data.toy2d_num_examples": checks.int_at_least(1),
+    "data.toy2d_radius": checks.POSITIVE,
+    "data.toy2d_std": checks.POSITIVE,
+    "model.name": checks.one_of(*MODEL_NAMES),
+    "model.ch": checks.int_at_least(1),
+    "model.num_res_blocks": checks.int_at_least(1),
     "model.ch_mult": _ints_tuple(allow_empty=False),
     "model.attn_resolutions": _ints_tuple(allow_empty=True),
-    "model.num_heads": _int_at_least(1),
-    "model.num_head_channels": ((lambda x: _is_int(x) and (x == -1 or x >= 1)),
+    "model.num_heads": checks.int_at_least(1),
+    "model.num_head_channels": ((lambda x: checks.is_int(x) and (x == -1 or x >= 1)),
                                 "-1 (use num_heads) or an int >= 1"),
-    "model.dropout": _real_in(0, 1, hi_open=True),
-    "model.resblock_updown": _BOOL,
-    "model.skip_rescale": _BOOL,
-    "model.dtype": _one_of(*DTYPE_NAMES),
-    "model.remat": _BOOL,
+    "model.dropout": checks.real_in(0, 1, hi_open=True),
+    "model.resblock_updown": checks.BOOL,
+    "model.skip_rescale": checks.BOOL,
+    "model.dtype": checks.one_of(*DTYPE_NAMES),
+    "model.remat": checks.BOOL,
     "model.logsnr_emb_ch": _even_int("tied to ch"),
-    "model.label_emb_std": _POSITIVE,
+    "model.label_emb_std": checks.POSITIVE,
     "model.w_emb_ch": _even_int("no w input"),
-    "model.mlp_hidden": _int_at_least(1),
-    "model.mlp_depth": _int_at_least(1),
-    "diffusion.logsnr_min": _real_in(-math.inf, math.inf, lo_open=True, hi_open=True),
-    "diffusion.logsnr_max": _real_in(-math.inf, math.inf, lo_open=True, hi_open=True),
-    "diffusion.prediction": _one_of(*diffusion.PREDICTIONS),
-    "training.num_steps": _int_at_least(1),
-    "training.batch_size": _int_at_least(1),
-    "training.p_uncond": _real_in(0, 1),
-    "training.learning_rate": _POSITIVE,
-    "training.warmup_steps": _int_at_least(0),
-    "training.lr_schedule": _one_of(*LR_SCHEDULES),
-    "training.grad_clip_norm": _POSITIVE,
-    "training.weight_decay": _NON_NEGATIVE,
-    "training.adam_b1": _real_in(0, 1, hi_open=True),
-    "training.adam_b2": _real_in(0, 1, hi_open=True),
-    "training.adam_eps": _POSITIVE,
-    "training.ema_decay": _real_in(0, 1),
-    "training.checkpoint_every": _int_at_least(1),
-    "training.max_to_keep": _int_at_least(1),
-    "training.log_every": _int_at_least(1),
-    "training.sample_every": _int_at_least(1),
-    "training.nonfinite": _one_of("stop", "skip"),
-    "sampling.v": _real_in(0, 1),
-    "sampling.num_steps": _int_at_least(1),
+    "model.mlp_hidden": checks.int_at_least(1),
+    "model.mlp_depth": checks.int_at_least(1),
+    "diffusion.logsnr_min": checks.real_in(-math.inf, math.inf, lo_open=True, hi_open=True),
+    "diffusion.logsnr_max": checks.real_in(-math.inf, math.inf, lo_open=True, hi_open=True),
+    "diffusion.prediction": checks.one_of(*diffusion.PREDICTIONS),
+    "training.num_steps": checks.int_at_least(1),
+    "training.batch_size": checks.int_at_least(1),
+    "training.p_uncond": checks.real_in(0, 1),
+    "training.learning_rate": checks.POSITIVE,
+    "training.warmup_steps": checks.int_at_least(0),
+    "training.lr_schedule": checks.one_of(*LR_SCHEDULES),
+    "training.grad_clip_norm": checks.POSITIVE,
+    "training.weight_decay": checks.NON_NEGATIVE,
+    "training.adam_b1": checks.real_in(0, 1, hi_open=True),
+    "training.adam_b2": checks.real_in(0, 1, hi_open=True),
+    "training.adam_eps": checks.POSITIVE,
+    "training.ema_decay": checks.real_in(0, 1),
+    "training.checkpoint_every": checks.int_at_least(1),
+    "training.max_to_keep": checks.int_at_least(1),
+    "training.log_every": checks.int_at_least(1),
+    "training.sample_every": checks.int_at_least(1),
+    "training.nonfinite": checks.one_of("stop", "skip"),
+    **{f"sampling.{name}": rule for name, rule in sampling.OPTION_RULES.items()},
+    **{f"sampling.guidance_params.{name}": rule
+       for name, rule in guidance.PARAM_RULES.items()},
     "sampling.w": ((lambda x: isinstance(x, (tuple, list)) and len(x) > 0
-                    and all(_is_real(v) for v in x)), "a non-empty tuple of finite numbers"),
-    "sampling.sampler": _one_of(*sampling.SAMPLERS),
-    "sampling.clip_x": _BOOL,
-    "sampling.guidance_interval": (
-        (lambda x: isinstance(x, (tuple, list)) and (len(x) == 0 or (
-            len(x) == 2 and all(_is_real(b) for b in x) and x[0] <= x[1]))),
-        "() to guide every step, or (logsnr_lo, logsnr_hi) with lo <= hi"),
-    "sampling.num_per_class": _int_at_least(1),
-    "sampling.grid_classes": _int_at_least(1),
+                    and all(checks.is_real(v) for v in x)), "a non-empty tuple of finite numbers"),
+    "sampling.num_per_class": checks.int_at_least(1),
+    "sampling.grid_classes": checks.int_at_least(1),
 }
 
 
@@ -251,9 +239,7 @@ def _check_fields(config: ml_collections.ConfigDict, rules: dict, base: str) -> 
 def check_field(name: str, value, rules: dict | None = None) -> None:
   """ValueError naming config.<name> and what `rules` (default RULES) allows, unless `value`
   passes."""
-  check, allowed = (rules or RULES)[name]
-  if not check(value):
-    raise ValueError(f"config.{name}={value!r} is invalid: it must be {allowed}.")
+  checks.check(f"config.{name}", value, (rules or RULES)[name])
 
 
 # The optimizer, checkpoint and log fields of `training` that a distillation phase takes
@@ -284,13 +270,13 @@ def distill_base_config() -> ml_collections.ConfigDict:
 
 DISTILL_RULES = {
     "seed": RULES["seed"],
-    "distill.w_min": _real_in(-1, math.inf, hi_open=True),
-    "distill.w_max": _real_in(-1, math.inf, hi_open=True),
-    "distill.w_emb_ch": ((lambda x: _is_int(x) and x >= 2 and x % 2 == 0), "an even int >= 2"),
-    "distill.start_steps": _int_at_least(1),
-    "distill.target_steps": _int_at_least(1),
-    "distill.stage1_steps": _int_at_least(1),
-    "distill.round_steps": _int_at_least(1),
+    "distill.w_min": checks.real_in(-1, math.inf, hi_open=True),
+    "distill.w_max": checks.real_in(-1, math.inf, hi_open=True),
+    "distill.w_emb_ch": ((lambda x: checks.is_int(x) and x >= 2 and x % 2 == 0), "an even int >= 2"),
+    "distill.start_steps": checks.int_at_least(1),
+    "distill.target_steps": checks.int_at_least(1),
+    "distill.stage1_steps": checks.int_at_least(1),
+    "distill.round_steps": checks.int_at_least(1),
     **{f"training.{k}": RULES[f"training.{k}"] for k in DISTILL_TRAINING_FIELDS},
 }
 
@@ -314,13 +300,24 @@ def validate_distill(config: ml_collections.ConfigDict, *, num_devices: int = 1)
                      f"by the number of devices ({num_devices}).")
 
 
+def validate_sampling(spec: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first bad field of a run's config.sampling: each field
+  against RULES, then the sampler's relations (a rule defined only for one sampler)."""
+  for name, value in flatten(spec, "sampling.").items():
+    if name not in RULES:
+      raise ValueError(f"Unknown config field config.{name}; the fields are those of "
+                       f"cfg_jax.config_lib.base_config().sampling.")
+    check_field(name, value)
+  sampling.check_options(prefix="config.sampling.", **sampling.spec_options(spec))
+
+
 def example_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:
   """The shape of one example: (2,) for toy2d points, else (image_size, image_size, channels).
 
   Reads only `config.data`, so that models and samplers need no data pipeline.
   """
   data = config.data
-  if data.source == "toy2d":
+  if data_sources.holds_points(data):
     return (2,)
   check_field("data.image_size", data.image_size)
   check_field("data.channels", data.channels)
@@ -329,6 +326,7 @@ def example_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:
 
 def _validate_relations(config: ml_collections.ConfigDict, num_devices: int) -> None:
   d, m = config.data, config.model
+  validate_sampling(config.sampling)
   schedules.check_logsnr_range(config.diffusion.logsnr_min, config.diffusion.logsnr_max,
                                prefix="config.diffusion.")
   if config.training.batch_size % num_devices:
@@ -342,7 +340,7 @@ def _validate_relations(config: ml_collections.ConfigDict, num_devices: int) -> 
   if m.w_emb_ch and m.name not in W_MODEL_NAMES:
     raise ValueError(f"config.model.w_emb_ch={m.w_emb_ch} must be 0 for config.model.name="
                      f"{m.name!r}: only the ε-networks {W_MODEL_NAMES} take the guidance weight w.")
-  toy = d.source == "toy2d"
+  toy = data_sources.holds_points(d)
   if toy != (m.name == "mlp"):
     raise ValueError(f"config.model.name={m.name!r} does not fit config.data.source={d.source!r}:"
                      f" the 'mlp' model is for 'toy2d' points, 'unet'/'classifier' for images.")

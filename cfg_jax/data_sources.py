@@ -35,6 +35,7 @@ from cfg_jax.mixture import GaussianMixture
 Reader = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 FOLDER_PREFIX = "folder:"
+TOY2D = "toy2d"  # the source of 2-D points (a Gaussian mixture); the others hold images
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 MNIST5K_NUM_CLASSES = 10
 _SOURCES_HELP = ("allowed are 'mnist5k', 'toy2d', 'folder:<path>' or a tfds image-classification "
@@ -47,13 +48,19 @@ _TFDS_CHUNK = 1024
 ORDER_STREAM, FLIP_STREAM, TOY2D_STREAM = 0, 1, 2
 
 
+def holds_points(data: ml_collections.ConfigDict) -> bool:
+  """Whether config.data's source is 2-D points (TOY2D), not images: the kind of example
+  that decides the model (the MLP), the example shape and how samples are measured."""
+  return data.source == TOY2D
+
+
 def open_source(config: ml_collections.ConfigDict, shape: tuple[int, ...]
                 ) -> tuple[Reader, int]:
   """The reader of `config.data.source` and its number of examples, each of `shape`."""
   source = config.data.source
   if source == "mnist5k":
     return _mnist5k(config, shape)
-  if source == "toy2d":
+  if holds_points(config.data):
     return _toy2d(config)
   if source.startswith(FOLDER_PREFIX):
     return _folder(config, shape)
@@ -146,7 +153,7 @@ def _toy2d(config: ml_collections.ConfigDict) -> tuple[Reader, int]:
   noise = rng.standard_normal((n, 2))
   x = mixture.means[labels] + np.einsum("nij,nj->ni", np.linalg.cholesky(mixture.covs)[labels],
                                         noise)
-  return array_reader(x.astype(np.float32), labels, config.data.num_classes, (2,), "toy2d")
+  return array_reader(x.astype(np.float32), labels, config.data.num_classes, (2,), TOY2D)
 
 
 def _folder_listing(source: str) -> tuple[list[epath.Path], np.ndarray, int]:

@@ -37,6 +37,7 @@ from ml_collections import config_flags
 import ml_collections
 
 from cfg_jax import checkpointing
+from cfg_jax import config_files
 from cfg_jax import config_lib
 from cfg_jax import distillation
 from cfg_jax import extras
@@ -164,7 +165,7 @@ def distill(config: ml_collections.ConfigDict, teacher_workdir: str, workdir: st
   config_lib.validate_distill(config, num_devices=jax.device_count())
   extras.check_path(teacher_workdir, flag="--teacher_workdir")
   extras.check_path(workdir, flag="--workdir")
-  teacher_config = checkpointing.load_config(teacher_workdir)
+  teacher_config = config_files.load_config(teacher_workdir)
   config_lib.validate(teacher_config)
   check_teacher(teacher_config, teacher_workdir)
   plan = phases(config)
@@ -236,4 +237,6 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
+  runtime.refuse_unknown_overrides("cfg_jax.distill", "config", config_lib.DISTILL_RULES,
+                                   schema="cfg_jax.config_lib.distill_base_config()")
   app.run(main)

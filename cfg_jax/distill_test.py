@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from cfg_jax import checkpointing
+from cfg_jax import config_files
 from cfg_jax import config_lib
 from cfg_jax import distill
 from cfg_jax import runs
@@ -89,7 +90,7 @@ def test_every_phase_trains_and_generate_and_evaluate_take_the_folder(teacher, t
   assert done.returncode == 0, done.stderr[-3000:]
   assert "T = 1 steps, sampler ddim" in (tmp_path / "eval" / "metrics.md").read_text()
   done = _cli("cfg_jax.generate", f"--workdir={workdir}", f"--out={tmp_path / 'no'}",
-              "--w=3", "--per_class=1", "--sampler=stochastic")
+              "--w=3", "--per_class=1", "--sampling.sampler=stochastic")
   assert done.returncode == 1 and "A distilled student samples deterministically" in done.stderr
   # Run again: every phase is done, nothing changes.
   before = _final_params(workdir)
@@ -164,7 +165,7 @@ def test_a_sigterm_between_phases_exits_75_before_the_next_and_the_rerun_finishe
 
 def _workdir_with_config(tmp_path, config):
   tmp_path.mkdir(parents=True, exist_ok=True)
-  checkpointing.save_config(tmp_path, config)
+  config_files.save_config(tmp_path, config)
   return tmp_path
 
 

@@ -96,10 +96,10 @@ def two_step_target(teacher: Net, z: Array, logsnr: Array, logsnr_mid: Array,
   do (λ, λ', λ'' float [B])."""
   expand = lambda a: diffusion.expand_to(a, z)
   x, eps = teacher_x_eps(teacher, z, logsnr, labels, w, prediction=prediction, clip_x=clip_x)
-  z_mid = sampling.ddim_step(x, eps, expand(logsnr_mid))
+  z_mid = sampling.ddim_step(x, eps, logsnr_next=expand(logsnr_mid))
   x, eps = teacher_x_eps(teacher, z_mid, logsnr_mid, labels, w, prediction=prediction,
                          clip_x=clip_x)
-  z_next = sampling.ddim_step(x, eps, expand(logsnr_next))
+  z_next = sampling.ddim_step(x, eps, logsnr_next=expand(logsnr_next))
   alpha, sigma = (expand(a) for a in schedules.alpha_sigma(logsnr))
   alpha_next, sigma_next = (expand(a) for a in schedules.alpha_sigma(logsnr_next))
   ratio = sigma_next / sigma

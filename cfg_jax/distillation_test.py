@@ -67,8 +67,9 @@ def test_one_step_from_the_two_step_target_lands_where_the_teacher_does():
     z_mid = z
     for a, b in ((logsnr, mid), (mid, nxt)):  # the teacher's own two DDIM steps
       x_hat, eps_hat = diffusion.to_x_eps(z_mid, guided_teacher(z_mid, a, labels, w), a)
-      z_mid = sampling.ddim_step(x_hat, eps_hat, b[:, None])
-    one_step = sampling.ddim_step(target, diffusion.eps_from_x(z, target, logsnr), nxt[:, None])
+      z_mid = sampling.ddim_step(x_hat, eps_hat, logsnr_next=b[:, None])
+    one_step = sampling.ddim_step(target, diffusion.eps_from_x(z, target, logsnr),
+                                 logsnr_next=nxt[:, None])
     np.testing.assert_allclose(one_step, z_mid, rtol=1e-4, atol=1e-4)
 
 
@@ -117,5 +118,5 @@ def test_the_student_sampler_runs_one_pass_per_step_and_needs_w():
                              x, rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="w is an input of this student network"):
     sample_fn(None, jax.random.PRNGKey(0), labels)
-  with pytest.raises(ValueError, match="num_steps must be an int >= 1"):
+  with pytest.raises(ValueError, match="num_steps=0 is invalid: it must be an int >= 1"):
     sampling.make_student_sample_fn(student, shape=(2,), num_steps=0, null_label=NULL)

@@ -1,11 +1,13 @@
 r"""FID, IS, precision/recall and accuracy of a run's samples across guidance strengths w.
 
     python -m cfg_jax.evaluate --workdir=runs/mnist --w=0,0.1,0.3,0.5,1,2,4 \
-        --num_samples=1000 --steps=128 [--out=runs/mnist/eval]
+        --num_samples=1000 --sampling.num_steps=128 [--out=runs/mnist/eval]
 
 For each w (and each classifier-guidance scale s, given --classifier_workdir and
 --classifier_scale as in cfg_jax.generate) it samples --num_samples examples with the
-labels spread evenly over the classes and measures them against the run's data:
+labels spread evenly over the classes, with the run's config.sampling overridden by any
+--sampling.<field>=... (and a guide network, --guide_workdir/--guide_step, as in
+cfg_jax.generate), and measures them against the run's data:
 
   FID                  Fréchet distance of feature statistics; the data's (--num_real
                        examples) are cached in <workdir>/fid_stats.
@@ -44,9 +46,10 @@ from cfg_jax.evaluation import inception
 from cfg_jax.evaluation import real_data
 from cfg_jax.evaluation import sweep
 
+PROGRAM = "cfg_jax.evaluate"
 
 def _define_flags() -> None:
-  cli.define_sampling_flags(default_w=["0", "0.1", "0.3", "0.5", "1", "2", "4"],
+  cli.define_sampling_flags(PROGRAM, default_w=["0", "0.1", "0.3", "0.5", "1", "2", "4"],
                             out_default=sweep.OUT_DEFAULT, verb="evaluate")
   flags.DEFINE_integer("num_samples", 1000, "Samples per (w, s), spread evenly over the classes.")
   flags.DEFINE_string("inception_weights", None,
@@ -69,24 +72,24 @@ def main(argv):
   f = flags.FLAGS
   options = cli.sampling_options(sweep.OUT_DEFAULT)
   try:
-    sweep.check_options(ws=options.ws, num_samples=f.num_samples, steps=options.steps, k=f.k,
+    sweep.check_options(ws=options.ws, num_samples=f.num_samples, k=f.k,
                         is_splits=f.is_splits, batch_size=options.batch_size,
                         feature_batch_size=f.feature_batch_size, num_real=f.num_real,
                         classifier_scales=options.classifier_scales)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   runtime.set_up_process()
-  with runtime.one_line_errors("cfg_jax.evaluate"):
+  with runtime.one_line_errors(PROGRAM):
     rows = evaluation.evaluate(
-        options.workdir, ws=options.ws, num_samples=f.num_samples, steps=options.steps,
-        out=options.out, step=options.step, classifier_workdir=options.classifier_workdir,
-        classifier_scales=options.classifier_scales, inception_weights=f.inception_weights,
+        options.workdir, ws=options.ws, num_samples=f.num_samples,
+        spec_overrides=options.spec_overrides, out=options.out, step=options.step,
+        classifier_workdir=options.classifier_workdir,
+        classifier_scales=options.classifier_scales, guide_workdir=options.guide_workdir,
+        guide_step=options.guide_step, inception_weights=f.inception_weights,
         eval_classifier_config=f.eval_classifier_config,
         eval_classifier_dir=f.eval_classifier_dir, num_real=f.num_real, k=f.k,
         is_splits=f.is_splits, batch_size=options.batch_size,
-        feature_batch_size=f.feature_batch_size, seed=options.seed, v=options.v,
-        sampler=options.sampler, clip_x=options.clip_x,
-        guidance_interval=options.guidance_interval)
+        feature_batch_size=f.feature_batch_size, seed=options.seed)
   if jax.process_index() == 0:
     print((options.out / "metrics.md").read_text())
     print(f"Wrote {len(rows)} rows to {options.out}: metrics.csv, metrics.md, fid_vs_is.png")

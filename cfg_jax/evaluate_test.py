@@ -19,7 +19,7 @@ def _cli(*args):
 def test_cli_on_a_toy2d_run_writes_a_row_per_w(tmp_path):
   train.train(test_configs.toy2d(num_steps=8), str(tmp_path))
   proc = _cli(f"--workdir={tmp_path}", "--w=" + ",".join(f"{w:g}" for w in WS),
-              "--num_samples=30", "--steps=4", "--num_real=300", "--is_splits=2",
+              "--num_samples=30", "--sampling.num_steps=4", "--num_real=300", "--is_splits=2",
               "--batch_size=16", "--feature_batch_size=32")
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = tmp_path / "eval"
@@ -39,11 +39,11 @@ def test_cli_on_a_toy2d_run_writes_a_row_per_w(tmp_path):
 
 def test_step_chooses_the_checkpoint_and_the_cli_lists_the_steps_there_are(tmp_path):
   train.train(test_configs.toy2d(num_steps=8), str(tmp_path))
-  evaluation.evaluate(tmp_path, ws=[1.], num_samples=12, steps=2, step=4, num_real=60, k=2,
+  evaluation.evaluate(tmp_path, ws=[1.], num_samples=12, spec_overrides={"num_steps": 2}, step=4, num_real=60, k=2,
                     is_splits=2, batch_size=12, feature_batch_size=12)
   assert f"# Evaluation of {tmp_path.name} at step 4" in (
       tmp_path / "eval" / "metrics.md").read_text()
-  proc = _cli(f"--workdir={tmp_path}", "--step=5", "--w=1", "--num_samples=12", "--steps=2",
+  proc = _cli(f"--workdir={tmp_path}", "--step=5", "--w=1", "--num_samples=12", "--sampling.num_steps=2",
               "--num_real=60", "--k=2", "--is_splits=2")
   assert proc.returncode == 1 and proc.stderr.splitlines()[-1] == (
       f"cfg_jax.evaluate: error: --step=5: {tmp_path / 'checkpoints'} has no checkpoint of that "

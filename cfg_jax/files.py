@@ -10,10 +10,13 @@ appears once fully uploaded.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import secrets
+from typing import Any
 
 from etils import epath
+import numpy as np
 
 TMP_MARK = ".tmp-"  # what names the temporary files: <name>.tmp-<16 hex digits>
 
@@ -40,3 +43,12 @@ def write_bytes_atomic(path: epath.PathLike, data: bytes) -> None:
 def write_text_atomic(path: epath.PathLike, text: str) -> None:
   """`write_bytes_atomic` of `text` encoded as UTF-8."""
   write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_npz_atomic(path: epath.PathLike, **arrays: Any) -> None:
+  """`np.savez` of `arrays` to `path`, through `write_bytes_atomic`; the folder is made."""
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  write_bytes_atomic(path, buffer.getvalue())

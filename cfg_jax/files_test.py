@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cfg_jax import checkpointing
+from cfg_jax import config_files
 from cfg_jax import files
 from cfg_jax import runs
 from cfg_jax import visualization
@@ -62,7 +62,7 @@ def _metrics(out, value):
 
 
 def _config(out, value):
-  checkpointing.save_config(out, ml_collections.ConfigDict({"seed": value}))
+  config_files.save_config(out, ml_collections.ConfigDict({"seed": value}))
 
 
 def _grid(out, value):

@@ -1,19 +1,22 @@
 r"""Samples of a trained run at several guidance strengths w: PNG grids and .npz files.
 
     python -m cfg_jax.generate --workdir=runs/mnist --w=0,0.5,1,3 --num_samples=100 \
-        --steps=256 --out=runs/mnist/samples_cli
+        --sampling.num_steps=256 --out=runs/mnist/samples_cli
 
 Restores the EMA parameters of `--workdir`'s newest checkpoint that restores, or of
 `--step` (and those of `--classifier_workdir`, for classifier guidance), samples on every
 device with the batch sharded over them, and writes per w: `w<w>.png` (one row per
 class) and `w<w>.npz` (uint8 `images`, int `labels`; for 2-D data float `points` instead
 of images). w is the paper's weight: ε̃ = (1 + w) ε(z, c) − w ε(z, ∅); the "guidance
-scale" of other code bases is 1 + w. Checkpoints are only read, so a run can be sampled
+scale" of other code bases is 1 + w. The sampler is the run's config.sampling, any field
+overridden as `--sampling.<field>=...` (the rule: `--sampling.guidance=apg
+--sampling.guidance_params.eta=0`); `--guide_workdir`/`--guide_step` guide with a weaker
+network instead of ∅ (autoguidance). Checkpoints are only read, so a run can be sampled
 while it trains.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from absl import app
 from absl import flags
@@ -25,36 +28,39 @@ from cfg_jax import runs
 from cfg_jax import runtime
 
 
+PROGRAM = "cfg_jax.generate"
 OUT_DEFAULT = "samples_cli"  # under the workdir
 
 
-def generate(workdir: epath.PathLike, *, ws: Sequence[float | None], num_steps: int | None,
-           out: epath.PathLike, num_samples: int | None = None, per_class: int | None = None,
-           labels: Sequence[int] | None = None, step: int | None = None, seed: int = 0,
-           batch_size: int = 256, v: float | None = None, sampler: str | None = None,
-           clip_x: bool | None = None, guidance_interval: Sequence[float] | None = None,
-           classifier_workdir: epath.PathLike | None = None,
-           classifier_scales: Sequence[float] | None = None,
-           unconditional: bool = False) -> list[str]:
+def generate(workdir: epath.PathLike, *, ws: Sequence[float | None], out: epath.PathLike,
+             spec_overrides: Mapping[str, Any] | None = None, num_samples: int | None = None,
+             per_class: int | None = None, labels: Sequence[int] | None = None,
+             step: int | None = None, seed: int = 0, batch_size: int = 256,
+             classifier_workdir: epath.PathLike | None = None,
+             classifier_scales: Sequence[float] | None = None,
+             guide_workdir: epath.PathLike | None = None, guide_step: int | None = None,
+             unconditional: bool = False) -> list[str]:
   """Writes `<name>.png` and `<name>.npz` to `out` for every (classifier scale, w).
 
-  Arguments are the flags of the same names (see `_define_flags`); None options take the
-  run's config. w None samples without classifier-free guidance. Returns the names.
+  Arguments are the flags of the same names (see `_define_flags`); `spec_overrides` are
+  the --sampling.<field> values, applied to the run's config.sampling. w None samples
+  without classifier-free guidance. Returns the names.
   """
   run = runs.load_run(workdir, step=step)
+  spec = runs.sampling_spec(run.config, spec_overrides)
   num_classes = run.config.data.num_classes
   labels = runs.make_labels(num_classes, num_samples=num_samples, per_class=per_class,
                             labels=labels)
   classifier = runs.load_classifier(classifier_workdir, classifier_scales,
                                     run_config=run.config)
-  sample_fn = runs.make_run_sample_fn(
-      run, num_steps=num_steps, v=v, sampler=sampler, clip_x=clip_x,
-      guidance_interval=guidance_interval, classifier=classifier,
-      condition_model=not unconditional)
+  guide = (None if guide_workdir is None else
+           runs.load_guide(guide_workdir, step=guide_step, run=run))
+  sample_fn = runs.make_run_sample_fn(run, spec, classifier=classifier, guide=guide,
+                                      condition_model=not unconditional)
   names = []
   for scale, w, x in runs.sample_guidance_grid(
       sample_fn, run, labels, ws=ws, classifier=classifier, classifier_scales=classifier_scales,
-      batch_size=batch_size, seed=seed):
+      guide=guide, batch_size=batch_size, seed=seed):
     name = ("uncond" if w is None else f"w{w:g}") + ("" if scale is None else f"_s{scale:g}")
     if jax.process_index() == 0:
       runs.write_sample_files(x, labels, epath.Path(out), name, num_classes=num_classes,
@@ -64,8 +70,8 @@ def generate(workdir: epath.PathLike, *, ws: Sequence[float | None], num_steps: 
 
 
 def _define_flags() -> None:
-  cli.define_sampling_flags(default_w=["0", "0.5", "1", "3"], out_default=OUT_DEFAULT,
-                            verb="sample")
+  cli.define_sampling_flags(PROGRAM, default_w=["0", "0.5", "1", "3"],
+                            out_default=OUT_DEFAULT, verb="sample")
   flags.DEFINE_integer("num_samples", None, "Samples per w, spread evenly over the classes.")
   flags.DEFINE_integer("per_class", None, "Samples of each class per w (instead of num_samples).")
   flags.DEFINE_list("labels", None, "Explicit class labels to sample (instead of num_samples).")
@@ -85,15 +91,15 @@ def main(argv):
                            "only: give --classifier_workdir and --classifier_scale, not --w.")
     ws = [None]
   runtime.set_up_process()
-  with runtime.one_line_errors("cfg_jax.generate"):
+  with runtime.one_line_errors(PROGRAM):
     names = generate(
-        options.workdir, ws=ws, num_steps=options.steps, out=options.out,
+        options.workdir, ws=ws, out=options.out, spec_overrides=options.spec_overrides,
         num_samples=f.num_samples, per_class=f.per_class,
         labels=None if f.labels is None else [int(x) for x in f.labels], step=options.step,
-        seed=options.seed, batch_size=options.batch_size, v=options.v, sampler=options.sampler,
-        clip_x=options.clip_x, guidance_interval=options.guidance_interval,
+        seed=options.seed, batch_size=options.batch_size,
         classifier_workdir=options.classifier_workdir,
-        classifier_scales=options.classifier_scales, unconditional=f.unconditional)
+        classifier_scales=options.classifier_scales, guide_workdir=options.guide_workdir,
+        guide_step=options.guide_step, unconditional=f.unconditional)
   print(f"Wrote {len(names)} grids and npz files to {options.out}")
 
 

@@ -7,9 +7,8 @@ stage1/ and steps_<N>/; `load_run` of the folder restores its last phase done.
 from __future__ import annotations
 
 import dataclasses
-import io
 import re
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from absl import logging
 from etils import epath
@@ -18,9 +17,11 @@ import ml_collections
 import numpy as np
 
 from cfg_jax import checkpointing
+from cfg_jax import config_files
 from cfg_jax import config_lib
 from cfg_jax import extras
 from cfg_jax import files
+from cfg_jax import guidance
 from cfg_jax import models
 from cfg_jax import parallel
 from cfg_jax import sampling
@@ -85,7 +86,7 @@ def load_run(workdir: epath.PathLike, *, step: int | None = None) -> Run:
   extras.check_path(workdir, flag="--workdir")
   if (epath.Path(workdir) / DISTILL_FILE).exists():
     workdir = last_phase(workdir)
-  config = checkpointing.load_config(workdir)
+  config = config_files.load_config(workdir)
   config_lib.validate(config)
   model = models.create_model(config)
   mesh = parallel.data_mesh()
@@ -113,7 +114,7 @@ def load_classifier(workdir: epath.PathLike | None, scales: Sequence[float] | No
     return None
   extras.check_path(workdir, flag="--classifier_workdir")
   try:
-    config = checkpointing.load_config(workdir)
+    config = config_files.load_config(workdir)
     if not models.is_classifier(config):
       raise ValueError(f"--classifier_workdir={workdir} holds a {config.model.name!r} model, "
                        f"not a classifier.")
@@ -150,61 +151,115 @@ def make_labels(num_classes: int, *, num_samples: int | None = None,
   return (np.arange(num_samples) % num_classes).astype(np.int32)
 
 
-def guidance_interval_of(config: ml_collections.ConfigDict,
-                         override: Sequence[float] | None = None) -> tuple[float, ...]:
-  """The guidance interval a run's sampler uses: `override`, else (None) the run's
-  config.sampling.guidance_interval; () guides every step."""
-  return tuple(config.sampling.guidance_interval if override is None else override)
+def sampling_spec(config: ml_collections.ConfigDict,
+                  overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
+  """A run's config.sampling with `overrides` applied ({"num_steps": 50,
+  "guidance_params.eta": 0.}, the names under config.sampling, as `--sampling.<name>` gives
+  them), validated by config_lib. The run's config is not changed."""
+  fields = config.sampling.to_dict()
+  for name, value in (overrides or {}).items():
+    if f"sampling.{name}" not in config_lib.RULES:
+      raise ValueError(f"Unknown config field config.sampling.{name}; the fields are those "
+                       f"of cfg_jax.config_lib.base_config().sampling.")
+    *path, field = name.split(".")
+    node = fields
+    for key in path:
+      node = node[key]
+    node[field] = value
+  spec = ml_collections.ConfigDict(fields)
+  config_lib.validate_sampling(spec)
+  return spec
 
 
-def describe_guidance_interval(interval: Sequence[float]) -> str:
-  """Where a report says guidance was applied: "for λ in [lo, hi]" or "at every step"."""
-  return f"for λ in [{interval[0]:g}, {interval[1]:g}]" if interval else "at every step"
+def describe_guidance(spec: ml_collections.ConfigDict) -> str:
+  """How a spec guides, for reports: the rule with its parameters, the w schedule unless
+  constant, and where ("at every step" or "for λ in [lo, hi]")."""
+  rule = guidance.make_rule(spec.guidance, spec.guidance_params.to_dict())
+  params = ", ".join(f"{f.name}={getattr(rule, f.name):g}" for f in dataclasses.fields(rule))
+  text = spec.guidance + (f" ({params})" if params else "")
+  if spec.w_schedule != "constant":
+    text += f", w {spec.w_schedule} over the steps"
+  interval = spec.guidance_interval
+  return text + (f" for λ in [{interval[0]:g}, {interval[1]:g}]" if interval else
+                 " at every step")
 
 
-def make_run_sample_fn(run: Run, *, num_steps: int | None = None, v: float | None = None,
-                       sampler: str | None = None, clip_x: bool | None = None,
-                       guidance_interval: Sequence[float] | None = None,
-                       classifier: Run | None = None, condition_model: bool = True) -> Any:
-  """`make_sample_fn` for a restored run; None options default to the run's sampling config.
+def load_guide(workdir: epath.PathLike, *, step: int | None, run: Run) -> Run:
+  """The guide network of autoguidance (--guide_workdir, --guide_step), checked, before
+  its weights are read, to model run's examples, classes and parameterization."""
+  flag = "--guide_workdir"
+  extras.check_path(workdir, flag=flag)
+  try:
+    config = config_files.load_config(workdir)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"{flag}={workdir}: {e}") from e
+  if models.is_classifier(config) or config.model.w_emb_ch:
+    kind = "classifier" if models.is_classifier(config) else "distilled student"
+    raise ValueError(f"{flag}={workdir} holds a {kind}; the guide must be a conditional "
+                     f"diffusion model such as the run's.")
+  theirs = (config_lib.example_shape(config), config.data.num_classes,
+            config.diffusion.prediction)
+  ours = (config_lib.example_shape(run.config), run.config.data.num_classes,
+          run.config.diffusion.prediction)
+  if theirs != ours:
+    raise ValueError(f"{flag}={workdir} models examples of shape {theirs[0]} in {theirs[1]} "
+                     f"classes predicting {theirs[2]!r}; the run: {ours[0]}, {ours[1]}, "
+                     f"{ours[2]!r}. config.data's image_size, channels and num_classes and "
+                     f"config.diffusion.prediction must be the same in both.")
+  try:
+    return load_run(workdir, step=step)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"{flag}={workdir}: {e}") from e
 
-  guidance_interval is (logsnr_lo, logsnr_hi), or () to guide at every step. A distilled
-  student (a network with a w input) gets `make_student_sample_fn`: deterministic, one
-  pass per step, without guidance options.
+
+def make_run_sample_fn(run: Run, spec: ml_collections.ConfigDict | None = None, *,
+                       classifier: Run | None = None, guide: Run | None = None,
+                       condition_model: bool = True) -> Any:
+  """`make_sample_fn` for a restored run with the sampling spec `spec` (default: the run's
+  config.sampling; see `sampling_spec`), its options passed whole.
+
+  `classifier` adds classifier guidance; `guide` (`load_guide`) makes the second pass of
+  each guided step that network on the labels (autoguidance), in one call with the run's
+  network when both are the same architecture. A distilled student (a network with a w
+  input) gets `make_student_sample_fn`: deterministic, one pass per step, unguided by
+  any rule.
   """
   config = run.config
-  s = config.sampling
-  num_steps = num_steps or s.num_steps
-  interval = guidance_interval_of(config, guidance_interval)
-  clip_x = s.clip_x if clip_x is None else clip_x
+  spec = config.sampling if spec is None else spec
+  config_lib.validate_sampling(spec)
+  options = sampling.spec_options(spec)
+  apply_fn = models.make_apply_fn(run.model)
   if models.takes_w(run.model):
-    if (sampler or "ddim") != "ddim" or interval or classifier or not condition_model:
+    plain = dict(sampler="ddim", guidance="cfg", w_schedule="constant", guidance_interval=())
+    if ({k: options[k] for k in plain} != plain or classifier or guide
+        or not condition_model):
       raise ValueError("A distilled student samples deterministically with w as its input: "
-                       "it takes no --sampler=stochastic, --guidance_interval, classifier or "
-                       "unconditional sampling.")
+                       "it takes no sampling.sampler other than 'ddim', no guidance rule, w "
+                       "schedule or interval, no classifier, guide or unconditional sampling.")
     return sampling.make_student_sample_fn(
-        models.make_apply_fn(run.model), shape=config_lib.example_shape(config),
-        num_steps=num_steps, null_label=config.data.num_classes,
-        logsnr_min=config.diffusion.logsnr_min, logsnr_max=config.diffusion.logsnr_max,
-        prediction=config.diffusion.prediction, clip_x=clip_x)
+        apply_fn, shape=config_lib.example_shape(config), num_steps=options["num_steps"],
+        null_label=config.data.num_classes, logsnr_min=config.diffusion.logsnr_min,
+        logsnr_max=config.diffusion.logsnr_max, prediction=config.diffusion.prediction,
+        clip_x=options["clip_x"])
   classifier_fn = None
   if classifier is not None:
     classifier_fn = lambda p, z, logsnr: classifier.model.apply({"params": p}, z, logsnr,
                                                                 train=False)
+  guide_fn = None
+  if guide is not None:
+    same = checkpointing.signature(guide.config) == checkpointing.signature(config)
+    guide_fn = apply_fn if same else models.make_apply_fn(guide.model)
   return sampling.make_sample_fn(
-      models.make_apply_fn(run.model), shape=config_lib.example_shape(config),
-      num_steps=num_steps, null_label=config.data.num_classes,
-      v=s.v if v is None else v, logsnr_min=config.diffusion.logsnr_min,
-      logsnr_max=config.diffusion.logsnr_max, prediction=config.diffusion.prediction,
-      sampler=s.sampler if sampler is None else sampler, clip_x=clip_x,
-      guidance_interval=interval or None,
-      classifier_fn=classifier_fn, condition_model=condition_model)
+      apply_fn, shape=config_lib.example_shape(config), null_label=config.data.num_classes,
+      logsnr_min=config.diffusion.logsnr_min, logsnr_max=config.diffusion.logsnr_max,
+      prediction=config.diffusion.prediction, classifier_fn=classifier_fn,
+      condition_model=condition_model, guide_fn=guide_fn, **options)
 
 
 def sample_in_batches(sample_fn, params, labels: np.ndarray, *, w: float | None,
                       batch_size: int, seed: int, classifier_params: Any = None,
-                      classifier_scale: float | None = None, progress: bool = True
-                      ) -> np.ndarray:
+                      classifier_scale: float | None = None, guide_params: Any = None,
+                      progress: bool = True) -> np.ndarray:
   """Samples for all labels, `batch_size` at a time, each batch sharded over the devices.
 
   The last batch is padded to batch_size (so every call has one shape and one compile)
@@ -215,6 +270,8 @@ def sample_in_batches(sample_fn, params, labels: np.ndarray, *, w: float | None,
   kwargs = {}
   if classifier_scale is not None:
     kwargs = dict(classifier_params=classifier_params, classifier_scale=classifier_scale)
+  if guide_params is not None:
+    kwargs["guide_params"] = guide_params
 
   def sample_batch(k: int, batch_labels: jax.Array) -> jax.Array:
     if progress:
@@ -227,16 +284,31 @@ def sample_in_batches(sample_fn, params, labels: np.ndarray, *, w: float | None,
 
 def sample_guidance_grid(sample_fn, run: Run, labels: np.ndarray, *,
                          ws: Sequence[float | None], classifier: Run | None = None,
-                         classifier_scales: Sequence[float] | None = None, batch_size: int,
-                         seed: int) -> Iterator[tuple[float | None, float | None, np.ndarray]]:
+                         classifier_scales: Sequence[float] | None = None,
+                         guide: Run | None = None, batch_size: int, seed: int
+                         ) -> Iterator[tuple[float | None, float | None, np.ndarray]]:
   """`(classifier scale, w, samples)` for every w at each classifier scale (the scale is
-  None without a classifier), sampled by `sample_in_batches`."""
+  None without a classifier), sampled by `sample_in_batches`; `guide` is the autoguidance
+  network of `make_run_sample_fn`, if any."""
   for scale in classifier_scales or [None]:
     for w in ws:
       yield scale, w, sample_in_batches(
           sample_fn, run.params, labels, w=w, batch_size=batch_size, seed=seed,
           classifier_params=None if classifier is None else classifier.params,
-          classifier_scale=scale, progress=jax.process_index() == 0)
+          classifier_scale=scale, guide_params=None if guide is None else guide.params,
+          progress=jax.process_index() == 0)
+
+
+def sample_ws(run: Run, spec: ml_collections.ConfigDict | None, *, ws: Sequence[float],
+              labels: np.ndarray, batch_size: int, seed: int, guide: Run | None = None
+              ) -> dict[float, np.ndarray]:
+  """Samples of a run with the sampling spec `spec` (None: the run's) for each w, by
+  `sample_guidance_grid`: float images in [-1, 1] (or points). `guide` is an autoguidance
+  network (`load_guide`)."""
+  batch_size = min(batch_size, len(labels))  # the last batch is padded to batch_size
+  sample_fn = make_run_sample_fn(run, spec, guide=guide)
+  return {w: x for _, w, x in sample_guidance_grid(sample_fn, run, labels, ws=ws, guide=guide,
+                                                   batch_size=batch_size, seed=seed)}
 
 
 def write_sample_files(x: np.ndarray, labels: np.ndarray, out: epath.Path, name: str, *,
@@ -250,6 +322,4 @@ def write_sample_files(x: np.ndarray, labels: np.ndarray, out: epath.Path, name:
     arrays["images"] = visualization.to_uint8(x)
   else:
     arrays["points"] = x.astype(np.float32)
-  buffer = io.BytesIO()
-  np.savez(buffer, **arrays)
-  files.write_bytes_atomic(out / f"{name}.npz", buffer.getvalue())
+  files.write_npz_atomic(out / f"{name}.npz", **arrays)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from cfg_jax import checkpointing
+from cfg_jax import config_files
 from cfg_jax import runs
 from cfg_jax import test_configs
 from cfg_jax import train
@@ -25,14 +26,24 @@ def test_make_labels():
     runs.make_labels(3, num_samples=0)
 
 
-def test_guidance_interval_of_a_run_and_its_description():
+def test_a_sampling_spec_is_the_runs_config_sampling_with_overrides_validated():
   config = test_configs.toy2d(num_steps=4)
   config.sampling.guidance_interval = (-1., 3.)
-  assert runs.guidance_interval_of(config) == (-1., 3.)
-  assert runs.guidance_interval_of(config, ()) == ()
-  assert runs.guidance_interval_of(config, [-0.5, 2.]) == (-0.5, 2.)
-  assert runs.describe_guidance_interval((-1., 3.)) == "for λ in [-1, 3]"
-  assert runs.describe_guidance_interval(()) == "at every step"
+  spec = runs.sampling_spec(config)
+  assert spec.to_dict() == config.sampling.to_dict()
+  assert runs.describe_guidance(spec) == "cfg for λ in [-1, 3]"
+  spec = runs.sampling_spec(config, {"guidance_interval": (), "guidance": "apg",
+                                     "guidance_params.eta": 0.5, "w_schedule": "cosine"})
+  assert spec.guidance_params.eta == 0.5 and config.sampling.guidance_params.eta == 0.
+  assert runs.describe_guidance(spec) == ("apg (eta=0.5, norm_threshold=0, momentum=0), w cosine "
+                                          "over the steps at every step")
+  with pytest.raises(ValueError, match=r"Unknown config field config.sampling.guidance_params.z"):
+    runs.sampling_spec(config, {"guidance_params.z": 1.})
+  with pytest.raises(ValueError, match=r"config.sampling.v=2.0 is invalid: it must be a number"):
+    runs.sampling_spec(config, {"v": 2.})
+  with pytest.raises(ValueError, match="config.sampling.guidance='cfgpp' is CFG\\+\\+ for the "
+                                       "deterministic sampler"):
+    runs.sampling_spec(config, {"guidance": "cfgpp", "sampler": "stochastic"})
 
 
 def test_load_run_and_sample_in_batches(tmp_path):
@@ -42,7 +53,7 @@ def test_load_run_and_sample_in_batches(tmp_path):
   assert run.step == 4 and run.config.model.mlp_hidden == 64
   _, _, state = train_test.final_state(tmp_path)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(run.params), state["ema_params"])
-  sample_fn = runs.make_run_sample_fn(run, num_steps=4)
+  sample_fn = runs.make_run_sample_fn(run, runs.sampling_spec(run.config, {"num_steps": 4}))
   labels = runs.make_labels(3, num_samples=10)
   x = runs.sample_in_batches(sample_fn, run.params, labels, w=1., batch_size=4, seed=0,
                              progress=False)
@@ -103,10 +114,29 @@ def test_a_classifier_of_other_examples_or_classes_is_refused_before_its_weights
     tmp_path, field, value, named):
   classifier = test_configs.tiny_model("classifier")
   classifier.data[field] = value
-  (tmp_path / checkpointing.CONFIG_FILE).write_text(classifier.to_json())
+  (tmp_path / config_files.CONFIG_FILE).write_text(classifier.to_json())
   with pytest.raises(ValueError, match=named):  # no checkpoint: only its config is read
     runs.load_classifier(tmp_path, [1.], run_config=test_configs.tiny_model("unet"))
   unet = test_configs.tiny_model("unet")
-  (tmp_path / checkpointing.CONFIG_FILE).write_text(unet.to_json())
+  (tmp_path / config_files.CONFIG_FILE).write_text(unet.to_json())
   with pytest.raises(ValueError, match="holds a 'unet' model, not a classifier"):
     runs.load_classifier(tmp_path, [1.], run_config=unet)
+
+
+@pytest.mark.parametrize("change, named", [
+    (dict(model=dict(name="classifier")), "holds a classifier; the guide must be a conditional"),
+    (dict(model=dict(w_emb_ch=16)), "holds a distilled student"),
+    (dict(data=dict(num_classes=10)), r"models examples of shape \(16, 16, 3\) in 10 classes"),
+    (dict(diffusion=dict(prediction="v")), "predicting 'v'; the run: .* 'eps'"),
+])
+def test_a_guide_of_other_examples_or_outputs_is_refused_before_its_weights_are_read(
+    tmp_path, change, named):
+  run = runs.Run(test_configs.tiny_model("unet"), None, None, 0)
+  guide = test_configs.tiny_model("unet")
+  for group, fields in change.items():
+    guide[group].update(fields)
+  (tmp_path / config_files.CONFIG_FILE).write_text(guide.to_json())
+  with pytest.raises(ValueError, match=named):  # no checkpoint: only its config is read
+    runs.load_guide(tmp_path, step=None, run=run)
+  with pytest.raises(FileNotFoundError, match=r"--guide_workdir=.* holds no config.json"):
+    runs.load_guide(tmp_path / "nope", step=None, run=run)

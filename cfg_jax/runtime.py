@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import glob
 import logging as std_logging
 import os
+import re
 import sys
 import urllib.request
-from typing import Iterator
+from typing import Iterable, Iterator, Sequence
 
 from absl import logging
 import jax
@@ -104,6 +106,24 @@ def one_line_errors(program: str) -> Iterator[None]:
     logging.debug("Traceback of the error below:", exc_info=True)
     print(f"{program}: error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
+
+
+def refuse_unknown_overrides(program: str, flag: str, fields: Iterable[str], *, schema: str,
+                             argv: Sequence[str] | None = None) -> None:
+  """Ends the program with one line if the command line overrides a field that `fields`
+  (the dotted names under --<flag>, those of `schema`) lacks: `--<flag>.<field>=...`.
+  Called before absl parses the flags, which would end in ml_collections' traceback."""
+  fields = set(fields)
+  for arg in (sys.argv if argv is None else argv)[1:]:
+    match = re.fullmatch(rf"--(?:no)?{re.escape(flag)}\.([\w.]+)(=.*)?", arg, re.DOTALL)
+    if match and match.group(1) not in fields:
+      parent, _, name = match.group(1).rpartition(".")
+      siblings = [f.rpartition(".")[2] for f in fields if f.rpartition(".")[0] == parent]
+      close = difflib.get_close_matches(name, siblings, n=1)
+      hint = f' Did you mean "{close[0]}"?' if close else ""
+      print(f"{program}: error: --{flag}.{match.group(1)} is not a config field; the fields "
+            f"are those of {schema}.{hint}", file=sys.stderr, flush=True)
+      sys.exit(1)
 
 
 def set_up_process() -> None:

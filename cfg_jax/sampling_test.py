@@ -163,14 +163,20 @@ def test_composes_with_jit_and_vmap():
     (dict(num_steps=0), "num_steps"),
     (dict(num_steps=2.5), "num_steps"),
     (dict(logsnr_min=5., logsnr_max=5.), "logsnr_min"),
-    (dict(v=1.5), "v must be"),
-    (dict(v=-0.1), "v must be"),
+    (dict(v=1.5), r"v=1.5 is invalid: it must be a number in \[0, 1\]"),
+    (dict(v=-0.1), "v=-0.1 is invalid"),
     (dict(shape=[2]), "shape"),
     (dict(shape=(0,)), "shape"),
     (dict(null_label=-1), "null_label"),
     (dict(sampler="ancestral"), "sampler"),
     (dict(prediction="score"), "prediction"),
-    (dict(guidance_interval=(5., -5.)), "guidance_interval"),
+    (dict(guidance_interval=(5., -5.)), "guidance_interval=.* with lo <= hi"),
+    (dict(guidance_interval=None), r"guidance_interval=None is invalid: it must be \(\) to guide"),
+    (dict(guidance="cfg++"), "guidance='cfg\\+\\+' is invalid: it must be one of"),
+    (dict(guidance="apg", guidance_params={"eta": float("nan")}), "guidance_params.eta=nan"),
+    (dict(guidance="apg", guidance_params={"beta": 0.}), r"guidance_params has \['beta'\]"),
+    (dict(guidance="cfgpp"), "needs sampler='ddim'"),
+    (dict(w_schedule="exp"), "w_schedule='exp' is invalid"),
 ])
 def test_bad_options_raise(kwargs, match):
   options = dict(shape=(2,), num_steps=4, null_label=NULL) | kwargs
@@ -202,7 +208,7 @@ def test_bad_call_arguments_raise_before_compiling(labels, w, match):
 def test_ddim_step_keeps_x_and_eps_and_moves_to_the_next_logsnr():
   x, eps = jnp.float32([[0.5, -0.2]]), jnp.float32([[1.0, 0.3]])
   alpha, sigma = schedules.alpha_sigma(jnp.float32(1.5))
-  np.testing.assert_allclose(sampling.ddim_step(x, eps, jnp.float32(1.5)),
+  np.testing.assert_allclose(sampling.ddim_step(x, eps, logsnr_next=jnp.float32(1.5)),
                              alpha * x + sigma * eps, rtol=1e-6)
 
 
@@ -210,8 +216,8 @@ def test_stochastic_step_draws_from_the_reverse_gaussian():
   z, x = jnp.full((20_000, 1), 0.4), jnp.full((20_000, 1), -0.3)
   logsnr, logsnr_next, v = jnp.float32(-1.), jnp.float32(0.5), 0.3
   shift = jnp.float32(2.)
-  out = np.asarray(sampling.stochastic_step(jax.random.PRNGKey(0), z, x, logsnr, logsnr_next,
-                                            v, shift))
+  out = np.asarray(sampling.stochastic_step(jax.random.PRNGKey(0), z, x, logsnr=logsnr,
+                                            logsnr_next=logsnr_next, v=v, mean_shift=shift))
   var = float(diffusion.reverse_var(logsnr, logsnr_next, v))
   mean = float(diffusion.posterior_mean(z[:1], x[:1], logsnr, logsnr_next)[0, 0]) + var * 2.
   assert abs(out.mean() - mean) < 4 * np.sqrt(var / len(out))

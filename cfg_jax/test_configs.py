@@ -5,18 +5,11 @@ programs and caches; a test that needs other values passes them or changes its c
 """
 from __future__ import annotations
 
-import pathlib
-
 import ml_collections
 
 from cfg_jax import config_lib
 
-CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
-
-
-def preset(name: str) -> ml_collections.ConfigDict:
-  """configs/<name>.py of this checkout, e.g. preset("mnist")."""
-  return config_lib.load_config_file(CONFIGS / f"{name}.py")
+preset = config_lib.preset
 
 
 def with_data(**data) -> ml_collections.ConfigDict:

@@ -37,6 +37,7 @@ import optax
 from jax.experimental import multihost_utils
 
 from cfg_jax import checkpointing
+from cfg_jax import config_files
 from cfg_jax import config_lib
 from cfg_jax import diffusion
 from cfg_jax import extras
@@ -232,7 +233,7 @@ def write_sample_grids(config: ml_collections.ConfigDict, model: Any, ema_params
     return
   s = config.sampling
   run = runs.Run(config, model, ema_params, step)
-  sample_fn = runs.make_run_sample_fn(run, num_steps=s.num_steps)
+  sample_fn = runs.make_run_sample_fn(run)
   classes = min(config.data.num_classes, s.grid_classes)
   labels = np.repeat(np.arange(classes, dtype=np.int32), s.num_per_class)
   for w in s.w:
@@ -296,7 +297,7 @@ def fit(config: ml_collections.ConfigDict, workdir: epath.Path, *, model: Any, i
     latest, (state, _) = checkpointer.restore_newest(
         lambda step: checkpointer.restore(step, abstract, config), move_damaged=True)
     logging.info("Resumed from %s at step %d.", checkpointer.directory, latest)
-  checkpointing.save_config(workdir, config)  # after the restore, which may refuse the workdir
+  config_files.save_config(workdir, config)  # after the restore, which may refuse the workdir
   step = int(state.step)
 
   jit_train_step = xla_options.jit(
@@ -379,4 +380,6 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
+  runtime.refuse_unknown_overrides("cfg_jax.train", "config", config_lib.RULES,
+                                   schema="cfg_jax.config_lib.base_config()")
   app.run(main)

@@ -5,13 +5,13 @@ import pathlib
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # docs/architecture.md's layers; a module may import from its own layer and those above.
 LAYERS = {
-    1: ("schedules", "diffusion", "guidance", "mixture"),
+    1: ("checks", "schedules", "diffusion", "guidance", "mixture"),
     2: ("sampling", "xla_options", "distillation"),
     3: ("config_lib", "input_pipeline", "data_sources", "images", "extras", "configs",
         "test_configs"),
     4: ("models",),
-    5: ("parallel", "checkpointing", "workdir_lock", "files", "metric_writer", "visualization",
-        "runtime"),
+    5: ("parallel", "checkpointing", "checkpoint_errors", "config_files", "workdir_lock", "files",
+        "metric_writer", "visualization", "runtime"),
     6: ("runs",),
     7: ("train", "distill"),
     8: ("evaluation",),

@@ -20,6 +20,7 @@ from PIL import Image
 import pytest
 
 from cfg_jax import checkpointing
+from cfg_jax import config_files
 from cfg_jax import input_pipeline
 from cfg_jax import metric_writer_test
 from cfg_jax import runs
@@ -110,7 +111,7 @@ def test_train_resume_and_sample_with_a_gs_workdir(fake_gcs):
   events = metric_writer_test.read_events(bucket_run / "tensorboard")  # two runs, two files
   assert [e.step for e in events.Scalars("loss")] == [4, 6]  # log_every=4, and the last step
   assert [e.step for e in events.Images("samples/w1")] == [4, 6]
-  assert json.loads(checkpointing.load_config(WORKDIR).to_json()) == json.loads(config.to_json())
+  assert json.loads(config_files.load_config(WORKDIR).to_json()) == json.loads(config.to_json())
   checkpointer = checkpointing.Checkpointer(WORKDIR, read_only=True)
   assert os.fspath(checkpointer.directory) == f"{WORKDIR}/checkpoints"
   checkpointer.close()
@@ -119,7 +120,7 @@ def test_train_resume_and_sample_with_a_gs_workdir(fake_gcs):
   run = runs.load_run(WORKDIR)
   assert run.step == 6
   labels = runs.make_labels(run.config.data.num_classes, per_class=2)
-  x = runs.sample_in_batches(runs.make_run_sample_fn(run, num_steps=2), run.params, labels,
+  x = runs.sample_in_batches(runs.make_run_sample_fn(run, runs.sampling_spec(run.config, {"num_steps": 2})), run.params, labels,
                              w=1., batch_size=len(labels), seed=0, progress=False)
   runs.write_sample_files(x, labels, epath.Path(WORKDIR) / "samples_cli", "w1",
                      num_classes=run.config.data.num_classes)
@@ -159,7 +160,7 @@ def test_a_trainer_holding_a_gs_workdir_refuses_a_second_one(fake_gcs):
 
 def test_load_config_names_the_gs_workdir(fake_gcs):
   with pytest.raises(FileNotFoundError, match=r"--workdir=gs://cfg-jax-test/nothing holds no"):
-    checkpointing.load_config("gs://cfg-jax-test/nothing")
+    config_files.load_config("gs://cfg-jax-test/nothing")
 
 
 def test_folder_source_on_gs(fake_gcs):

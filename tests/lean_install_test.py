@@ -61,11 +61,11 @@ def test_a_core_wheel_trains_samples_and_evaluates_outside_the_checkout(tmp_path
   events = metric_writer_test.read_events(toy / "tensorboard")
   assert [e.step for e in events.Scalars("loss")] == [1, 2]
   assert [e.step for e in events.Images("samples/w0")] == [2]
-  cli("generate", f"--workdir={toy}", "--w=0,1", "--num_samples=8", "--steps=2",
+  cli("generate", f"--workdir={toy}", "--w=0,1", "--num_samples=8", "--sampling.num_steps=2",
       f"--out={tmp_path / 'samples'}")
   assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
       "w0.npz", "w0.png", "w1.npz", "w1.png"]
-  evaluate = ["--w=0,1", "--num_samples=20", "--steps=2", "--num_real=50", "--is_splits=2",
+  evaluate = ["--w=0,1", "--num_samples=20", "--sampling.num_steps=2", "--num_real=50", "--is_splits=2",
               f"--out={tmp_path / 'eval'}"]
   assert _last_line(cli("evaluate", f"--workdir={toy}", *evaluate, check=False)) == (
       "cfg_jax.evaluate: error: The FID-against-IS plot needs matplotlib, which is not "

@@ -31,7 +31,7 @@ def _train(workdir):
 
 def _sample(workdir, out):
   return [sys.executable, "-m", "cfg_jax.generate", f"--workdir={workdir}", "--w=1",
-          "--num_samples=8", "--steps=4", "--batch_size=8", f"--out={out}"]
+          "--num_samples=8", "--sampling.num_steps=4", "--batch_size=8", f"--out={out}"]
 
 
 def test_readers_and_a_second_trainer_leave_a_training_run_as_if_nobody_read_it(tmp_path):

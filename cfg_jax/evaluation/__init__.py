@@ -1,6 +1,6 @@
 """Measuring a run's samples: FID, IS, precision/recall and accuracy across guidance strengths.
 
-    rows = evaluate(workdir, ws=[0., 1.], num_samples=1000, steps=128)
+    rows = evaluate(workdir, ws=[0., 1.], num_samples=1000, spec_overrides={"num_steps": 128})
 
 `python -m cfg_jax.evaluate` is the command line over `evaluate`. One concern a module:
 

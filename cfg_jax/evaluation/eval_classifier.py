@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from cfg_jax import data_sources
 from cfg_jax import files
 from cfg_jax import input_pipeline
 from cfg_jax import visualization
@@ -127,8 +128,8 @@ def eval_classifier_net(classifier_config: ml_collections.ConfigDict,
   The cache is `eval_classifier_dir(cache_root, ...)`: `params.msgpack` and `info.json`
   (written last, so an interrupted training is redone).
   """
-  if run_config.data.source == "toy2d":
-    raise ValueError("the eval classifier is for images; toy2d uses points_net.")
+  if data_sources.holds_points(run_config.data):
+    raise ValueError("the eval classifier is for images; points are measured by points_net.")
   directory = eval_classifier_dir(cache_root, classifier_config, run_config)
   model = EvalClassifier(run_config.data.num_classes, **classifier_config.model)
   info_path = directory / "info.json"

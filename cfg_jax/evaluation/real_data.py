@@ -95,8 +95,6 @@ def real_statistics(net: features.FeatureNet, run_config: ml_collections.ConfigD
       for x, _ in data_chunks(dataset, num, chunk=max(batch_size, 1024))])
   mu, sigma = metrics.feature_statistics(data_features)
   if jax.process_index() == 0:
-    buffer = io.BytesIO()
-    np.savez(buffer, mu=mu, sigma=sigma, features=data_features, description=description)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    files.write_bytes_atomic(path, buffer.getvalue())
+    files.write_npz_atomic(path, mu=mu, sigma=sigma, features=data_features,
+                           description=description)
   return RealStatistics(mu, sigma, data_features)

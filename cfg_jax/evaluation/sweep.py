@@ -7,7 +7,7 @@ labels) and writes the report. Its arguments are the flags of `python -m cfg_jax
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from absl import logging
 from etils import epath
@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 
 from cfg_jax import config_lib
+from cfg_jax import data_sources
 from cfg_jax import runs
 from cfg_jax.evaluation import eval_classifier
 from cfg_jax.evaluation import features
@@ -27,8 +28,7 @@ from cfg_jax.evaluation import report
 OUT_DEFAULT = "eval"  # under the workdir
 
 
-def check_options(*, ws: Sequence[float], num_samples: int, steps: int | None, k: int,
-                  is_splits: int,
+def check_options(*, ws: Sequence[float], num_samples: int, k: int, is_splits: int,
                   batch_size: int, feature_batch_size: int, num_real: int | None,
                   classifier_scales: Sequence[float] | None) -> None:
   """Raises ValueError naming the first bad flag and what it allows."""
@@ -40,9 +40,8 @@ def check_options(*, ws: Sequence[float], num_samples: int, steps: int | None, k
                      f"{list(classifier_scales)}.")
   if num_samples < 2:
     raise ValueError(f"--num_samples must be >= 2 (FID needs a covariance), got {num_samples}.")
-  for name, value in (("steps", steps), ("batch_size", batch_size),
-                      ("feature_batch_size", feature_batch_size)):
-    if value is not None and value < 1:
+  for name, value in (("batch_size", batch_size), ("feature_batch_size", feature_batch_size)):
+    if value < 1:
       raise ValueError(f"--{name} must be >= 1, got {value}.")
   if num_real is not None and num_real < 2:
     raise ValueError(f"--num_real must be >= 2, got {num_real}.")
@@ -59,12 +58,13 @@ def make_feature_net(run_config: ml_collections.ConfigDict, *,
                      eval_classifier_config: ml_collections.ConfigDict | None,
                      eval_classifier_dir: epath.PathLike) -> features.FeatureNet:
   """InceptionV3 when its weights are given, else points (toy2d) or the eval classifier."""
-  source = run_config.data.source
+  source, points = run_config.data.source, data_sources.holds_points(run_config.data)
   if inception_weights is not None:
-    if source == "toy2d":
-      raise ValueError("--inception_weights is for images; toy2d is measured on its points.")
+    if points:
+      raise ValueError(f"--inception_weights is for images; {source} is measured on its "
+                       f"points.")
     return inception.inception_net(inception_weights)
-  if source == "toy2d":
+  if points:
     return features.points_net(run_config)
   if source.startswith("imagenet"):
     raise ValueError(f"config.data.source={source!r} needs --inception_weights: FID and IS on "
@@ -95,56 +95,56 @@ def sample_metrics(x: np.ndarray, labels: np.ndarray, net: features.FeatureNet,
 
 
 def evaluate(workdir: epath.PathLike, *, ws: Sequence[float], num_samples: int,
-             steps: int | None,
+             spec_overrides: Mapping[str, Any] | None = None,
              out: epath.PathLike | None = None, step: int | None = None,
              classifier_workdir: epath.PathLike | None = None,
              classifier_scales: Sequence[float] | None = None,
+             guide_workdir: epath.PathLike | None = None, guide_step: int | None = None,
              inception_weights: epath.PathLike | None = None,
              eval_classifier_config: ml_collections.ConfigDict | None = None,
              eval_classifier_dir: epath.PathLike | None = None, num_real: int | None = None,
              k: int = 3, is_splits: int = 10, batch_size: int = 256,
-             feature_batch_size: int = 64, seed: int = 0, v: float | None = None,
-             sampler: str | None = None, clip_x: bool | None = None,
-             guidance_interval: Sequence[float] | None = None) -> list[dict[str, Any]]:
+             feature_batch_size: int = 64, seed: int = 0) -> list[dict[str, Any]]:
   """Samples the run in `workdir` at every (s, w), measures the samples, writes the results.
 
   Arguments are the flags of `python -m cfg_jax.evaluate` of the same names but
-  ws (--w), classifier_scales (--classifier_scale) and v (--sampling_v); None means the
-  flag's default. Returns the rows of metrics.csv.
+  ws (--w), classifier_scales (--classifier_scale) and spec_overrides (the
+  --sampling.<field> values, applied to the run's config.sampling); None means the flag's
+  default. Returns the rows of metrics.csv.
   """
-  check_options(ws=ws, num_samples=num_samples, steps=steps, k=k, is_splits=is_splits,
+  check_options(ws=ws, num_samples=num_samples, k=k, is_splits=is_splits,
                 batch_size=batch_size, feature_batch_size=feature_batch_size, num_real=num_real,
                 classifier_scales=classifier_scales)
   report.require_matplotlib()
   workdir = epath.Path(workdir)
   run = runs.load_run(workdir, step=step)
+  spec = runs.sampling_spec(run.config, spec_overrides)
   classifier = runs.load_classifier(classifier_workdir, classifier_scales, run_config=run.config)
+  guide = (None if guide_workdir is None else
+           runs.load_guide(guide_workdir, step=guide_step, run=run))
   net = make_feature_net(run.config, inception_weights=inception_weights,
                          eval_classifier_config=eval_classifier_config,
                          eval_classifier_dir=eval_classifier_dir or workdir / "eval_classifier")
   real = real_data.real_statistics(net, run.config, num_real=num_real,
                                    cache_dir=workdir / "fid_stats", batch_size=feature_batch_size)
   labels = runs.make_labels(run.config.data.num_classes, num_samples=num_samples)
-  steps = steps or run.config.sampling.num_steps
-  sample_fn = runs.make_run_sample_fn(run, num_steps=steps, v=v, sampler=sampler, clip_x=clip_x,
-                                      guidance_interval=guidance_interval, classifier=classifier)
+  sample_fn = runs.make_run_sample_fn(run, spec, classifier=classifier, guide=guide)
   rows = []
   for scale, w, x in runs.sample_guidance_grid(
       sample_fn, run, labels, ws=ws, classifier=classifier, classifier_scales=classifier_scales,
-      batch_size=batch_size, seed=seed):
+      guide=guide, batch_size=batch_size, seed=seed):
     row = {"w": w, "classifier_scale": scale,
            **sample_metrics(x, labels, net, real, k=k, is_splits=is_splits,
                             batch_size=feature_batch_size)}
     logging.info("w=%g s=%s: %s", w, scale, {c: row[c] for c in report.COLUMNS[2:]})
     rows.append(row)
   if jax.process_index() == 0:
-    s = run.config.sampling
-    guided = runs.describe_guidance_interval(
-        runs.guidance_interval_of(run.config, guidance_interval))
+    guided_by = ("" if guide is None else
+                 f"; autoguidance by {guide_workdir} at step {guide.step} in place of ∅")
     notes = [f"{num_samples} samples per row, labels spread evenly over "
-             f"{run.config.data.num_classes} classes; T = {steps} steps, sampler "
-             f"{sampler or s.sampler}, v = {s.v if v is None else v}, guidance {guided}, "
-             f"seed {seed}.",
+             f"{run.config.data.num_classes} classes; T = {spec.num_steps} steps, sampler "
+             f"{spec.sampler}, v = {spec.v}, guidance {runs.describe_guidance(spec)}"
+             f"{guided_by}, seed {seed}.",
              f"Features: {net.name}; data: {run.config.data.source!r}, {len(real.features)} "
              f"examples; precision/recall with k = {k}; IS over {is_splits} splits."]
     if "eval_classifier_held_out_accuracy" in net.info:

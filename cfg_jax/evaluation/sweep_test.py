@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from cfg_jax import checkpointing
+from cfg_jax import config_files
 from cfg_jax import evaluation
 from cfg_jax import models
 from cfg_jax import test_configs
@@ -24,7 +25,7 @@ def image_run(tmp_path_factory):
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda s: rng.normal(0., 0.1, s.shape).astype(s.dtype),
                         models.param_shapes(models.create_model(config), config))
-  checkpointing.save_config(workdir, config)
+  config_files.save_config(workdir, config)
   checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=1)
   checkpointer.save(1, {"ema_params": params}, {"signature": checkpointing.signature(config)})
   checkpointer.wait()
@@ -35,7 +36,8 @@ def image_run(tmp_path_factory):
 def test_image_run_trains_the_eval_classifier_once_and_caches_statistics(image_run, tmp_path,
                                                                         monkeypatch):
   config = test_configs.tiny_eval_classifier(num_steps=30, holdout=100)
-  rows = evaluation.evaluate(image_run, ws=[0., 1.], num_samples=20, steps=2, out=tmp_path,
+  rows = evaluation.evaluate(image_run, ws=[0., 1.], num_samples=20,
+                             spec_overrides={"num_steps": 2}, out=tmp_path,
                              eval_classifier_config=config, num_real=200, is_splits=2,
                              batch_size=20, feature_batch_size=32)
   assert [(r["w"], r["classifier_scale"]) for r in rows] == [(0., None), (1., None)]
@@ -49,7 +51,7 @@ def test_image_run_trains_the_eval_classifier_once_and_caches_statistics(image_r
 
   monkeypatch.setattr(eval_classifier, "train_eval_classifier", fail)
   monkeypatch.setattr(real_data, "data_chunks", fail)
-  run_config = checkpointing.load_config(image_run)
+  run_config = config_files.load_config(image_run)
   net = sweep.make_feature_net(run_config, inception_weights=None,
                                eval_classifier_config=config,
                                eval_classifier_dir=image_run / "eval_classifier")
@@ -59,11 +61,11 @@ def test_image_run_trains_the_eval_classifier_once_and_caches_statistics(image_r
 
 
 def test_errors_name_the_flag(image_run, tmp_path):
-  kwargs = dict(num_samples=10, steps=2)
+  kwargs = dict(num_samples=10, spec_overrides={"num_steps": 2})
   with pytest.raises(ValueError, match="--w must be a non-empty list of finite numbers"):
     evaluation.evaluate(image_run, ws=[0., float("inf")], **kwargs)
   with pytest.raises(ValueError, match="--num_samples must be >= 2"):
-    evaluation.evaluate(image_run, ws=[0.], num_samples=1, steps=2)
+    evaluation.evaluate(image_run, ws=[0.], num_samples=1)
   with pytest.raises(ValueError, match=r"--k must lie in \[1, 9\]"):
     evaluation.evaluate(image_run, ws=[0.], k=10, **kwargs)
   with pytest.raises(FileNotFoundError, match="not a cfg_jax training run"):

@@ -24,7 +24,8 @@ from cfg_jax.models.unet import UNet
 
 Array = jax.Array
 Params = Any
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # config_lib.DTYPE_NAMES
+# The compute dtype of each name a config may give (config_lib.DTYPE_NAMES).
+DTYPES = {name: jnp.dtype(name) for name in config_lib.DTYPE_NAMES}
 
 
 def is_classifier(config: ml_collections.ConfigDict) -> bool:
