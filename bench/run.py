@@ -27,13 +27,27 @@ import ml_collections
 import numpy as np
 
 from bench import common
+from cfg_jax import guidance
 from cfg_jax import schedules
 from cfg_jax import xla_options
 
 LOOP_STEPS = 32  # T of scan vs Python loop
 COMPILE_STEPS = (16, 256, 1024)
+RULE_STEPS = 16  # T of the guidance rules' per-step figures (DDIM)
+# Each rule of cfg_jax.guidance (APG with all of its work: clipping and momentum), a w
+# schedule, and autoguidance by a guide of the same architecture (one call) or another
+# (two calls).
+RULE_OPTIONS = {
+    **{name: dict(guidance=name) for name in guidance.RULES if name != "cfg"},
+    "apg": dict(guidance="apg", guidance_params={"eta": 0., "norm_threshold": 1.,
+                                                 "momentum": -0.5}),
+    "cfg, w cosine": dict(w_schedule="cosine"),
+    "autoguidance, one call": dict(guide="same"),
+    "autoguidance, two calls": dict(guide="other"),
+}
 TARGETS = {  # name: (comparison, bound) of the worst figure
     "guided batched / unguided": ("<=", 2.0), "guided batched / two-pass": ("<=", 1.0),
+    "any rule / CFG, guided step": ("<=", 1.05), "compile, largest T / T=16, APG": ("<=", 1.5),
     "scan / Python loop": ("<=", 1.0), "compile, largest T / T=16": ("<=", 1.5),
     "ours / diffusers, guided sampling step": ("<=", 1.0),
     "ours / diffusers, training step": ("<=", 1.0)}
@@ -66,14 +80,35 @@ def bench_scan_vs_loop(net: common.Network, batch_sizes, repeats: int) -> dict[s
   return out
 
 
-def bench_compile(net: common.Network, steps, batch_size: int) -> dict[str, float]:
-  """Seconds to trace, lower and compile the guided sampler for each T (best of two)."""
+def bench_rules(net: common.Network, batch_size: int, repeats: int) -> dict[str, Any]:
+  """Seconds per guided DDIM step of CFG and of each of RULE_OPTIONS, and each / CFG's."""
+  labels, rng = net.labels(batch_size), jax.random.PRNGKey(1)
+  other = lambda params, z, logsnr, labels: net.apply_fn(params, z, logsnr, labels)
+  out = {"batch_size": batch_size, "steps": RULE_STEPS}
+  for name, options in {"cfg": {}, **RULE_OPTIONS}.items():
+    options = dict(options)
+    guide = options.pop("guide", None)
+    kwargs = {}
+    if guide is not None:
+      options["guide_fn"] = net.apply_fn if guide == "same" else other
+      kwargs["guide_params"] = net.params
+    sample_fn = net.sample_fn(RULE_STEPS, sampler="ddim", **options)
+    call = lambda: sample_fn(net.params, rng, labels, common.W, **kwargs)  # pylint: disable=cell-var-from-loop
+    seconds = common.timed(call, repeats) / RULE_STEPS
+    out[name] = {"seconds_per_step": seconds, "/cfg": seconds / out["cfg"]["seconds_per_step"]
+                 if name != "cfg" else 1.}
+  return out
+
+
+def bench_compile(net: common.Network, steps, batch_size: int, **options) -> dict[str, float]:
+  """Seconds to trace, lower and compile the guided sampler (with `options`) for each T
+  (best of two)."""
   labels, rng = net.labels(batch_size), jax.random.PRNGKey(1)
   out = {}
   for num_steps in steps:
     seconds = []
     for _ in range(2):  # a new sample_fn each time: nothing is reused
-      sample_fn = net.sample_fn(num_steps)
+      sample_fn = net.sample_fn(num_steps, **options)
       start = time.perf_counter()
       sample_fn.lower(net.params, rng, labels, common.W).compile()
       seconds.append(time.perf_counter() - start)
@@ -146,8 +181,12 @@ def run(quick: bool, repeats: int) -> dict[str, Any]:
   results["guidance_interval"] = bench_guidance_interval(nets[first], big, repeats)
   common.progress("scan vs Python loop, compile time")
   results["scan_vs_loop"] = bench_scan_vs_loop(nets[first], batch_sizes[:2], repeats)
-  results["compile"] = bench_compile(nets[first], COMPILE_STEPS[:2] if quick else COMPILE_STEPS,
-                                     batch_size=batch_sizes[1])
+  compile_steps = COMPILE_STEPS[:2] if quick else COMPILE_STEPS
+  results["compile"] = bench_compile(nets[first], compile_steps, batch_size=batch_sizes[1])
+  results["compile_apg"] = bench_compile(nets[first], compile_steps, batch_size=batch_sizes[1],
+                                         **RULE_OPTIONS["apg"])
+  common.progress("guidance rules")
+  results["rules"] = bench_rules(nets[first], big, repeats)
   common.progress("training")
   results["training"] = {
       dtype: bench_training(common.with_model(presets[first], dtype=dtype), big, repeats)
@@ -172,7 +211,11 @@ def targets(results: dict[str, Any], preset: str) -> dict[str, dict[str, Any]]:
       "guided batched / unguided": max(r["guided/unguided"] for r in sampling_rows),
       "guided batched / two-pass": max(r["guided/two_pass"] for r in sampling_rows),
       "scan / Python loop": max(r["scan/loop"] for r in results["scan_vs_loop"].values()),
-      "compile, largest T / T=16": compile_times[-1] / compile_times[0]}
+      "compile, largest T / T=16": compile_times[-1] / compile_times[0],
+      "any rule / CFG, guided step": max(r["/cfg"] for name, r in results["rules"].items()
+                                         if name not in ("batch_size", "steps")),
+      "compile, largest T / T=16, APG": (list(results["compile_apg"].values())[-1]
+                                         / list(results["compile_apg"].values())[0])}
   peer = results["peer"]
   if "skipped" not in peer:
     ours = results["sampling"][preset]
@@ -214,6 +257,16 @@ def report(results: dict[str, Any]) -> str:
             "|---|" + "---|" * len(results["compile"]),
             "| compile (s) | " + " | ".join(f"{s:.1f}" for s in results["compile"].values())
             + " |", ""]
+  rules = results["rules"]
+  lines += [f"### Guidance rules, per DDIM step ({rules['steps']} steps, batch "
+            f"{rules['batch_size']}, first preset)", "", "| rule | step | / CFG |", "|---|---|---|"]
+  for name, r in rules.items():
+    if name not in ("batch_size", "steps"):
+      lines.append(f"| {name} | {common.ms(r['seconds_per_step'])} | {r['/cfg']:.2f} |")
+  lines += ["", "| T | " + " | ".join(results["compile_apg"]) + " |",
+            "|---|" + "---|" * len(results["compile_apg"]),
+            "| compile with APG (s) | " + " | ".join(
+                f"{s:.1f}" for s in results["compile_apg"].values()) + " |", ""]
   lines += ["### Training step (first preset)", "", "| compute dtype | step | images/s |",
             "|---|---|---|"]
   for dtype, r in results["training"].items():

@@ -21,7 +21,11 @@ def test_quick_run_prints_the_tables_and_every_figure(tmp_path):
   assert "### Targets" in proc.stdout and "| toy2d (" in proc.stdout
   for row in results["sampling"]["toy2d"].values():
     assert all(row[k] > 0 for k in ("unguided", "guided", "two_pass"))
-  assert set(results["compile"]) == {"16", "256"}
+  assert set(results["compile"]) == set(results["compile_apg"]) == {"16", "256"}
+  assert set(results["rules"]) == {"batch_size", "steps", "cfg", *run.RULE_OPTIONS}
+  assert results["rules"]["cfg"]["/cfg"] == 1. and all(
+      r["seconds_per_step"] > 0 for k, r in results["rules"].items() if isinstance(r, dict))
+  assert "| autoguidance, one call |" in proc.stdout
   assert results["training"]["float32"]["images_per_sec"] > 0
   assert 0 < results["forward"]["toy2d"]["ours"]["flops"]
   assert results["memory"]["toy2d"]["guided"] >= results["memory"]["toy2d"]["params"]
