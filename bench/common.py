@@ -25,12 +25,14 @@ from cfg_jax import checks
 from cfg_jax import config_lib
 from cfg_jax import models
 from cfg_jax import sampling
+from cfg_jax import test_configs
 from cfg_jax import train
 from cfg_jax import xla_options
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 W = 2.  # the guidance weight of every guided figure
 SAMPLING_STEPS = 2  # T of the per-step sampling figures
+QUALITY_STEPS = 50  # T of the sample-quality benchmarks (quality, ablation, guidance)
 
 
 preset = config_lib.preset
@@ -58,6 +60,12 @@ def small_config() -> ml_collections.ConfigDict:
   config.diffusion.prediction = "eps"
   config.data.image_size = 32
   return config
+
+
+def eval_classifier_config(quick: bool) -> ml_collections.ConfigDict | None:
+  """The eval classifier of a quality benchmark: the preset's (None), or with --quick a
+  tiny one that trains in seconds (the figures then check the code, not the model)."""
+  return test_configs.tiny_eval_classifier(num_steps=30) if quick else None
 
 
 def with_model(config: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:

@@ -23,7 +23,6 @@ from typing import Any, Sequence
 import jax
 
 from bench import common
-from bench import quality
 from cfg_jax import config_lib
 from cfg_jax import runs
 from cfg_jax.evaluation import evaluator as cfg_evaluator
@@ -50,12 +49,13 @@ def samplers(teacher: runs.Run, workdir: pathlib.Path, teacher_steps: Sequence[i
 
 def evaluate(teacher_workdir: pathlib.Path, workdir: pathlib.Path, *, ws: Sequence[float],
              teacher_steps: Sequence[int], samples_per_w: int, batch_size: int, repeats: int,
-             seed: int) -> dict[str, Any]:
+             seed: int, quick: bool = False) -> dict[str, Any]:
   """Samples and measures every sampler at every w; times each on one batch."""
   teacher = runs.load_run(teacher_workdir, step=json.loads(
       (workdir / "student" / runs.DISTILL_FILE).read_text())["teacher_step"])
   evaluator = cfg_evaluator.Evaluator(teacher.config, cache_dir=workdir / "eval",
-                                num_samples=samples_per_w, batch_size=batch_size)
+                                      num_samples=samples_per_w, batch_size=batch_size,
+                                      eval_classifier_config=common.eval_classifier_config(quick))
   labels, rows = evaluator.labels, []
   batch = min(batch_size, len(labels))
   for name, run, steps, passes in samplers(teacher, workdir, teacher_steps):
@@ -66,7 +66,8 @@ def evaluate(teacher_workdir: pathlib.Path, workdir: pathlib.Path, *, ws: Sequen
     seconds = common.timed(lambda: sample_fn(run.params, key, labels[:batch], 1.), repeats)
     samples = {w: x for _, w, x in runs.sample_guidance_grid(sample_fn, run, labels, ws=ws,
                                                              batch_size=batch, seed=seed)}
-    quality.write_grids(samples, labels, workdir, name, teacher.config.data.num_classes)
+    cfg_evaluator.write_class_grids(samples, labels, workdir, name,
+                                    num_classes=teacher.config.data.num_classes)
     for w in ws:
       rows.append({"sampler": name, "steps": steps, "passes": steps * passes, "w": w,
                    "batch_seconds": seconds, **evaluator.metrics(samples[w])})
@@ -136,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--repeats", type=int, default=3, help="timed calls per sampler")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--stage", choices=("all", "distill", "evaluate"), default="all")
+  parser.add_argument("--quick", action="store_true",
+                      help="a tiny eval classifier that trains in seconds: checks the code")
   args = parser.parse_args(argv)
   try:
     ws = [float(w) for w in args.ws.split(",")]
@@ -165,7 +168,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   if args.stage in ("all", "evaluate"):
     results = evaluate(teacher, workdir, ws=ws, teacher_steps=teacher_steps,
                        samples_per_w=args.samples_per_w,
-                       batch_size=args.batch_size, repeats=args.repeats, seed=args.seed)
+                       batch_size=args.batch_size, repeats=args.repeats, seed=args.seed,
+                       quick=args.quick)
     (workdir / "results.json").write_text(json.dumps(results, indent=1))
     text = report(results)
     (workdir / "report.md").write_text(text + "\n")

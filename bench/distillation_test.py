@@ -32,7 +32,7 @@ def test_a_tiny_teacher_is_distilled_sampled_timed_and_reported(tmp_path):
   train.train(config, str(tmp_path / "teacher"))
   workdir = tmp_path / "bd"
   proc = _bench(f"--teacher_workdir={tmp_path / 'teacher'}", f"--workdir={workdir}",
-                "--samples_per_w=20", "--ws=0,3", "--batch_size=20", "--repeats=1",
+                "--quick", "--samples_per_w=20", "--ws=0,3", "--batch_size=20", "--repeats=1",
                 "--teacher_steps=4,8",
                 *[f"--override={flag}" for flag in TINY])
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

@@ -52,7 +52,7 @@ def test_quick_measures_every_variant_and_resumes(runs_dir, capsys):
   assert nfe["cfg"] == 6 and nfe["cfg_interval"] < 6  # the interval guides fewer steps
   assert json.loads((out / "results.json").read_text())["rows"] == results["rows"]
   report = (out / "report.md").read_text()
-  assert "| CFG++ (λ = 1 + w) | -0.5 | 6 |" in report and "best FID at accuracy" in report
+  assert "| CFG++ (λ = 1 + w) | -0.3 | 6 |" in report and "best FID at accuracy" in report
   assert (out / "frontier_ddim.png").read_bytes()[:4] == b"\x89PNG"
   # A rerun measures nothing again: the points on disk are kept as they are.
   point = out / "points" / "ddim" / "apg" / "w1.json"

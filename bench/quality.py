@@ -53,8 +53,6 @@ from cfg_jax.evaluation import real_data
 from cfg_jax.evaluation import report as eval_report
 
 WS = (0., 0.5, 1., 2., 3.)
-GRID_WS = (0., 1., 3.)
-STEPS = 50
 SAMPLERS = sampling.SAMPLERS
 PEER_SAMPLER = {"stochastic": "ddpm", "ddim": "ddim"}  # the peer's scheduler of the same kind
 UNBOUNDED = 10**9  # num_steps, checkpoint_every, sample_every: the clock stops training
@@ -141,18 +139,6 @@ def sample_peer(checkpoint: pathlib.Path, *, sampler: str, ws: Sequence[float],
        f"--steps={steps}", f"--seed={seed}", f"--batch_size={batch_size}", f"--out={out}")
   with np.load(out) as f:
     return {w: f["x"][i] for i, w in enumerate(ws)}
-
-
-def write_grids(samples: dict[float, np.ndarray], labels: np.ndarray, out: pathlib.Path,
-                name: str, num_classes: int, per_class: int = 8) -> None:
-  """grid_<name>_w<w>.png for the w of GRID_WS: the first `per_class` samples of each class."""
-  for w in GRID_WS:
-    if w not in samples:
-      continue
-    x = evaluator.as_float(samples[w])
-    keep = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(num_classes)])
-    visualization.save_sample_picture(x[keep], labels[keep], out / f"grid_{name}_w{w:g}.png",
-                                      num_classes=num_classes)
 
 
 # ------------------------------------------------------------------------------ report
@@ -273,6 +259,7 @@ class Options:
   overrides: list[str]
   guidance_interval: tuple[float, ...] | None = None  # None: the run's; () every step
   samplers: Sequence[str] = SAMPLERS
+  quick: bool = False
 
 
 def stage_train(o: Options) -> None:
@@ -301,7 +288,8 @@ def stage_evaluate(o: Options) -> dict[str, Any]:
   training = json.loads((o.workdir / "training.json").read_text())
   run_config = config_files.load_config(o.workdir / "ours")
   measure = evaluator.Evaluator(run_config, cache_dir=o.workdir / "eval",
-                                num_samples=o.samples_per_w)
+                                num_samples=o.samples_per_w,
+                                eval_classifier_config=common.eval_classifier_config(o.quick))
   labels, num_classes = measure.labels, run_config.data.num_classes
   interval = tuple(run_config.sampling.guidance_interval if o.guidance_interval is None
                    else o.guidance_interval)
@@ -323,9 +311,11 @@ def stage_evaluate(o: Options) -> dict[str, Any]:
                              ws=o.ws, labels=labels, steps=o.steps, batch_size=o.batch_size,
                              seed=o.seed, scratch=o.workdir / "eval")
       if mark == training["report_minutes"][-1]:
-        write_grids(ours, labels, o.workdir, f"ours_{sampler}", num_classes)
+        evaluator.write_class_grids(ours, labels, o.workdir, f"ours_{sampler}",
+                                    num_classes=num_classes)
         if theirs:
-          write_grids(theirs, labels, o.workdir, f"peer_{sampler}", num_classes)
+          evaluator.write_class_grids(theirs, labels, o.workdir, f"peer_{sampler}",
+                                      num_classes=num_classes)
       for w in o.ws:
         rows.append({"minutes": mark, "sampler": sampler, "w": w,
                      "ours": measure.metrics(ours[w]),
@@ -359,7 +349,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, str]:
                       help="the preset trained (ours)")
   parser.add_argument("--samples_per_w", type=int, default=1000)
   parser.add_argument("--ws", default=",".join(f"{w:g}" for w in WS))
-  parser.add_argument("--steps", type=int, default=STEPS, help="sampling steps")
+  parser.add_argument("--steps", type=int, default=common.QUALITY_STEPS, help="sampling steps")
   parser.add_argument("--batch_size", type=int, default=500, help="sampling batch")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--guidance_interval", default=None,
@@ -369,6 +359,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, str]:
                       help=f"comma-separated, of {','.join(SAMPLERS)}: the samplers evaluated")
   parser.add_argument("--stage", choices=("all", "train", "evaluate"), default="all")
   parser.add_argument("--no_peer", action="store_true", help="ours only")
+  parser.add_argument("--quick", action="store_true",
+                      help="a tiny eval classifier that trains in seconds: checks the code")
   parser.add_argument("--override", action="append", default=[],
                       help="a flag passed on to cfg_jax.train, e.g. --override=--config.seed=1")
   args = parser.parse_args(argv)
@@ -414,7 +406,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, str]:
           "the peer is skipped.", flush=True)
   return Options(pathlib.Path(args.workdir), pathlib.Path(args.config), args.minutes, marks,
                  args.samples_per_w, ws, args.steps, args.batch_size, args.seed, with_peer,
-                 args.override, interval, samplers), args.stage
+                 args.override, interval, samplers, args.quick), args.stage
 
 
 def main(argv: Sequence[str] | None = None) -> None:
