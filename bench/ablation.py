@@ -30,7 +30,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from bench import common
-from bench import quality
 from cfg_jax import runs
 from cfg_jax import train
 from cfg_jax.evaluation import evaluator as cfg_evaluator
@@ -137,7 +136,7 @@ def run_variant(name: str, *, steps: int, workdir: pathlib.Path, evaluator: cfg_
   run_dir = workdir / name
   common.progress(f"{name}: training {steps} steps")
   train.train(config, str(run_dir))
-  spec = runs.sampling_spec(config, {"num_steps": quality.STEPS, "sampler": "stochastic",
+  spec = runs.sampling_spec(config, {"num_steps": common.QUALITY_STEPS, "sampler": "stochastic",
                                      "guidance_interval": tuple(guidance_interval)})
   samples = runs.sample_ws(runs.load_run(run_dir, step=steps), spec, ws=WS,
                            labels=evaluator.labels, batch_size=500, seed=seed)
@@ -158,7 +157,7 @@ def table(results: dict[str, Any], floor: dict[str, float] | None) -> str:
                        for m in (r["metrics"][f"{w:g}"] for w in WS))
     lines.append(f"| {name} | {r['what']} | {r['steps']:,} | {cells} |")
   if floor:
-    lines.append(f"| real digits | same count | – | " + " | ".join(
+    lines.append("| real digits | same count | – | " + " | ".join(
         f"{floor['accuracy']:.3f} | {floor['fid']:.1f} | {floor['inception_score']:.2f}"
         for _ in WS) + " |")
   return "\n".join(lines)

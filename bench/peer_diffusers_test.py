@@ -8,7 +8,6 @@ torch = pytest.importorskip("torch")
 from bench import common  # pylint: disable=g-import-not-at-top
 from bench import peer_diffusers  # pylint: disable=g-import-not-at-top
 from cfg_jax import models  # pylint: disable=g-import-not-at-top
-from cfg_jax import test_configs  # pylint: disable=g-import-not-at-top
 
 
 def _build(config):

@@ -475,7 +475,7 @@ def make_sample_fn(apply_fn: ApplyFn, *, shape: tuple[int, ...], num_steps: int,
       probability flow: z' = α' x̃ + σ' ε̃).
     clip_x: clip x̃ to [-1, 1] (images) and recompute ε̃ from it.
     guidance: the rule that mixes the two outputs of a guided step: a name of
-      `cfg_jax.guidance_lib.RULES` ("cfg", the paper's, "rescale", "apg", "cfgpp",
+      `cfg_jax.guidance.RULES` ("cfg", the paper's, "rescale", "apg", "cfgpp",
       "cfg_zero_star") or a rule object (`cfg_jax.guidance.Rule`).
     guidance_params: the named rule's parameters by name (e.g. {"eta": 0.}); it may hold
       other rules' too, as config.sampling.guidance_params does.

@@ -53,3 +53,26 @@ def test_every_module_has_a_layer_and_imports_none_below_it():
         violations.append(f"{path.relative_to(ROOT)} (layer {LAYER[name]}) imports {imported} "
                           f"(layer {LAYER[imported]})")
   assert not violations, violations
+
+
+def _bench_imports(path: pathlib.Path) -> set[str]:
+  """The bench modules that a file imports."""
+  found = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.ImportFrom) and node.module == "bench":
+      found |= {alias.name for alias in node.names}
+    elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("bench."):
+      found.add(node.module.split(".")[1])
+    elif isinstance(node, ast.Import):
+      found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("bench.")}
+  return found
+
+
+def test_bench_programs_share_only_helpers_never_each_other():
+  programs = {p.stem for p in (ROOT / "bench").glob("*.py")
+              if not p.name.endswith("_test.py") and "\ndef main(" in p.read_text()}
+  assert {"run", "quality", "guidance", "distillation"} <= programs
+  violations = [f"bench/{p.name} imports bench.{m}"
+                for p in (ROOT / "bench").glob("*.py") if not p.name.endswith("_test.py")
+                for m in _bench_imports(p) & programs if m != p.stem]
+  assert not violations, violations

@@ -15,6 +15,7 @@ import numpy as np
 
 from cfg_jax import input_pipeline
 from cfg_jax import runs
+from cfg_jax import visualization
 from cfg_jax.evaluation import real_data
 from cfg_jax.evaluation import sweep
 
@@ -58,3 +59,16 @@ class Evaluator:
     row = self.metrics(x[-n:], labels[-n:])
     row["accuracy"] = self.net.info["eval_classifier_held_out_accuracy"]
     return row
+
+
+def write_class_grids(samples: dict[float, np.ndarray], labels: np.ndarray, out: pathlib.Path,
+                      name: str, *, num_classes: int, ws: tuple[float, ...] = (0., 1., 3.),
+                      per_class: int = 8) -> None:
+  """grid_<name>_w<w>.png for each w of `ws` in `samples`: a row of the first `per_class`
+  samples of each class."""
+  keep = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(num_classes)])
+  for w in ws:
+    if w in samples:
+      visualization.save_sample_picture(as_float(samples[w])[keep], labels[keep],
+                                        out / f"grid_{name}_w{w:g}.png",
+                                        num_classes=num_classes)
