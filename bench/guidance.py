@@ -16,9 +16,10 @@ features), beside the same number of real digits.
 
 Out, under --out (default <workdir>/bench_guidance): points/<sampler>/<variant>/w<w>.json,
 one per measured point (a rerun measures only the points missing, so an interrupted run
-resumes), results.json, report.md (every point, then per variant its best FID at accuracy
->= 0.99 and its best FID overall, and the target), frontier_<sampler>.png (FID against
-accuracy, one curve per variant).
+resumes; `--ws` measures only some w of each sweep, `--report_only` none and reports the
+points on disk), results.json, report.md (every point, then per variant its best FID at
+accuracy >= 0.99 and its best FID overall, and the target), frontier_<sampler>.png (FID
+against accuracy, one curve per variant).
 """
 from __future__ import annotations
 
@@ -117,6 +118,8 @@ class Options:
   guide_fraction: float
   guide_workdir: pathlib.Path | None
   quick: bool
+  ws: tuple[float, ...] | None = None  # only these w of each sweep (None: all)
+  report_only: bool = False  # measure nothing: report the points on disk
 
 
 def point_path(o: Options, sampler: str, variant: Variant, w: float) -> pathlib.Path:
@@ -163,7 +166,10 @@ def measure(o: Options) -> dict[str, Any]:
       guide = guides.get(variant.guide)
       spec = runs.sampling_spec(run.config, {"num_steps": o.steps, "sampler": sampler,
                                              "guidance_interval": (), **variant.overrides})
-      ws = variant.ws[:QUICK_WS] if o.quick else variant.ws
+      ws = [w for w in (variant.ws[:QUICK_WS] if o.quick else variant.ws)
+            if o.ws is None or w in o.ws]
+      if o.report_only:
+        ws = [w for w in ws if point_path(o, sampler, variant, w).exists()]
       todo = [w for w in ws if not point_path(o, sampler, variant, w).exists()]
       if todo:
         common.progress(f"{sampler}, {variant.name}: sampling w = {todo}")
@@ -302,7 +308,15 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
                       help="autoguidance by this smaller run of the same data")
   parser.add_argument("--quick", action="store_true",
                       help=f"the first {QUICK_WS} w of each variant, a tiny eval classifier")
+  parser.add_argument("--ws", default=None,
+                      help="comma-separated: only these w of each variant's sweep")
+  parser.add_argument("--report_only", action="store_true",
+                      help="measure nothing: the report and plots of the points on disk")
   args = parser.parse_args(argv)
+  try:
+    ws = None if args.ws is None else tuple(float(w) for w in args.ws.split(","))
+  except ValueError:
+    parser.error(f"--ws must be comma-separated numbers, got {args.ws!r}.")
   samplers = [s for s in args.samplers.split(",") if s]
   if not samplers or not set(samplers) <= set(sampling.SAMPLERS):
     parser.error(f"--samplers must be names of {', '.join(sampling.SAMPLERS)}, got "
@@ -324,7 +338,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
                  samplers, variants, args.samples_per_point, args.steps, args.batch_size,
                  args.seed, args.guide_fraction,
                  None if args.guide_workdir is None else pathlib.Path(args.guide_workdir),
-                 args.quick)
+                 args.quick, ws, args.report_only)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -59,6 +59,13 @@ def test_quick_measures_every_variant_and_resumes(runs_dir, capsys):
   point.write_text(json.dumps(json.loads(point.read_text()) | {"fid": 1234.5}))
   again = guidance.main(args)
   assert 1234.5 in [r["fid"] for r in again["rows"]]
+  # --ws measures only those w of a sweep, --report_only nothing: a missing point stays so.
+  missing = out / "points" / "ddim" / "cfg" / "w0.1.json"
+  missing.unlink()
+  only = guidance.main([*args, "--variants=cfg", "--ws=0"])
+  assert [(r["variant"], r["w"]) for r in only["rows"]] == [("cfg", 0.)]
+  reported = guidance.main([*args, "--report_only"])
+  assert not missing.exists() and len(reported["rows"]) == len(results["rows"]) - 1
   capsys.readouterr()
 
 
@@ -80,6 +87,7 @@ def test_summary_and_target_on_known_rows():
     (["--variants=cfg,magic"], "--variants has unknown names ['magic']"),
     (["--guide_fraction=1.5"], "--guide_fraction must lie in (0, 1)"),
     (["--samples_per_point=2"], "--samples_per_point must be >= 10"),
+    (["--ws=0,x"], "--ws must be comma-separated numbers"),
 ])
 def test_bad_flags_are_refused_before_anything_runs(runs_dir, flags, message, capsys):
   with pytest.raises(SystemExit):
