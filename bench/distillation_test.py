@@ -29,6 +29,7 @@ def test_a_tiny_teacher_is_distilled_sampled_timed_and_reported(tmp_path):
                       num_heads=1, num_head_channels=-1, logsnr_emb_ch=0)
   config.training.update(num_steps=2, batch_size=8, warmup_steps=1, checkpoint_every=2,
                          sample_every=1000)
+  config.sampling.update(num_steps=2, w=(0.,))  # the grid written at the end: seconds
   train.train(config, str(tmp_path / "teacher"))
   workdir = tmp_path / "bd"
   proc = _bench(f"--teacher_workdir={tmp_path / 'teacher'}", f"--workdir={workdir}",

@@ -18,9 +18,11 @@ def _bench(*flags, timeout=900):
                         capture_output=True, text=True, timeout=timeout, check=False)
 
 
-# A UNet that compiles in seconds (configs/mnist.py at width 8, two levels).
-TINY_MODEL = [f"--override=--config.model.{k}" for k in (
-    "ch=8", "ch_mult=(1,2)", "num_head_channels=16", "logsnr_emb_ch=0")]
+# A UNet that compiles in seconds (configs/mnist.py at width 8, two levels), and a
+# two-step grid at the end of training.
+TINY_MODEL = [f"--override=--config.{k}" for k in (
+    "model.ch=8", "model.ch_mult=(1,2)", "model.num_head_channels=16", "model.logsnr_emb_ch=0",
+    "sampling.num_steps=2", "sampling.w=(0.,)")]
 
 
 def test_a_quick_run_trains_samples_measures_and_reports(tmp_path):
