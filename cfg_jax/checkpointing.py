@@ -70,7 +70,8 @@ def signature(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 class Checkpointer:
-  """Saves and restores `(state, meta)` under `<workdir>/checkpoints`, keeping `max_to_keep`.
+  """Saves and restores `(state, meta)` under `<workdir>/<subdir>`, keeping `max_to_keep`
+  (None: all). The train state's are under checkpoints/; `ema_snapshots` keeps others there.
 
   `read_only=True` (generate, evaluate): restores only; creates, writes and deletes nothing,
   not even the temporary folders of a save in progress, and lists the steps without
@@ -78,9 +79,9 @@ class Checkpointer:
   """
 
   def __init__(self, workdir: epath.PathLike, *, max_to_keep: int | None = None,
-               read_only: bool = False):
+               read_only: bool = False, subdir: str = "checkpoints"):
     self.workdir = epath.Path(workdir)
-    self.directory = self.workdir / "checkpoints"
+    self.directory = self.workdir / subdir
     if read_only:
       std_logging.getLogger("absl").addFilter(checkpoint_errors.READ_ONLY_NOTICE)
       options = ocp.CheckpointManagerOptions(read_only=True, create=False,

@@ -21,6 +21,7 @@ from etils import epath
 from ml_collections import config_flags
 
 from cfg_jax import config_lib
+from cfg_jax import ema_snapshots
 from cfg_jax import runtime
 
 FLAGS = flags.FLAGS
@@ -60,6 +61,9 @@ def define_sampling_flags(program: str, *, default_w: Sequence[str], out_default
                       "Autoguidance: a weaker conditional run of the same data (a smaller "
                       "model, or the run itself at an earlier --guide_step) whose output "
                       "replaces the unconditional one in every guided step.")
+  flags.DEFINE_list("ema", None, "Power EMAs reconstructed by python -m cfg_jax.posthoc_ema, "
+                    "by name (sigma_rel_0.07), instead of the checkpoint's EMA; with --step, "
+                    "the step they were reconstructed at.")
   flags.DEFINE_integer("guide_step", None, "The guide's checkpoint (default: its newest); "
                        "alone, an earlier checkpoint of --workdir guides.")
   flags.mark_flags_as_required(["workdir"])
@@ -94,12 +98,20 @@ class SamplingOptions:
   classifier_scales: list[float] | None
   guide_workdir: str | None
   guide_step: int | None
+  emas: list[str] | None  # --ema: names of reconstructed EMAs; None: the checkpoint's
 
 
 def sampling_options(out_default: str) -> SamplingOptions:
   """The flags of `define_sampling_flags`, checked; a UsageError names a bad one."""
   if FLAGS.batch_size < 1:
     raise app.UsageError(f"--batch_size must be >= 1, got {FLAGS.batch_size}.")
+  for name in FLAGS.ema or ():
+    try:
+      ema_snapshots.parse_ema_name(name)
+    except ValueError as e:
+      raise app.UsageError(str(e)) from e
+  if FLAGS.ema is not None and not FLAGS.ema:
+    raise app.UsageError("--ema must name at least one EMA, e.g. --ema=sigma_rel_0.07.")
   guide_workdir = FLAGS.guide_workdir
   if guide_workdir is None and FLAGS.guide_step is not None:
     guide_workdir = FLAGS.workdir
@@ -109,4 +121,4 @@ def sampling_options(out_default: str) -> SamplingOptions:
       out=epath.Path(FLAGS.out or epath.Path(FLAGS.workdir) / out_default), seed=FLAGS.seed,
       batch_size=FLAGS.batch_size, classifier_workdir=FLAGS.classifier_workdir,
       classifier_scales=parse_floats("classifier_scale", FLAGS.classifier_scale),
-      guide_workdir=guide_workdir, guide_step=FLAGS.guide_step)
+      guide_workdir=guide_workdir, guide_step=FLAGS.guide_step, emas=FLAGS.ema)

@@ -21,7 +21,9 @@ from cfg_jax import guidance
 # table starts, which a restored run never repeats.
 ADDED_FIELDS = {"model.logsnr_emb_ch": 0, "model.label_emb_std": 1., "model.w_emb_ch": 0,
                 "training.lr_schedule": "constant", "sampling.guidance_interval": (),
-                "sampling.guidance": "cfg", "sampling.w_schedule": "constant"}
+                "sampling.guidance": "cfg", "sampling.w_schedule": "constant",
+                "training.ema": "constant", "training.ema_sigma_rels": (0.05, 0.10),
+                "training.ema_snapshot_every": 1000}
 
 
 CONFIG_FILE = "config.json"

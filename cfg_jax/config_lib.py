@@ -14,6 +14,7 @@ import ml_collections
 from cfg_jax import checks
 from cfg_jax import data_sources
 from cfg_jax import diffusion
+from cfg_jax import ema
 from cfg_jax import guidance
 from cfg_jax import sampling
 from cfg_jax import schedules
@@ -23,6 +24,9 @@ MODEL_NAMES = ("unet", "mlp", "classifier")
 W_MODEL_NAMES = ("unet", "mlp")  # the ε-networks, which may take w (model.w_emb_ch > 0)
 DTYPE_NAMES = ("float32", "bfloat16")
 LR_SCHEDULES = ("constant", "cosine")
+SIGMA_RELS = ((lambda x: isinstance(x, (tuple, list)) and len(x) > 0 and len(set(x)) == len(x)
+               and all(checks.is_real(s) and 0 < s < ema.MAX_SIGMA_REL for s in x)),
+              f"a non-empty tuple of distinct widths in (0, {ema.MAX_SIGMA_REL:.4f})")
 
 
 def load_config_file(path: epath.PathLike, *, flag: str = "--config"
@@ -101,7 +105,10 @@ def base_config() -> ml_collections.ConfigDict:
   training.adam_b1 = 0.9
   training.adam_b2 = 0.999
   training.adam_eps = 1e-8
-  training.ema_decay = 0.9999  # the decay from step 99,990 on; before, (1+t)/(10+t)
+  training.ema = "constant"    # the EMA sampled from (cfg_jax.ema): constant | power
+  training.ema_decay = 0.9999  # constant: the decay from step 99,990 on; before, (1+t)/(10+t)
+  training.ema_sigma_rels = (0.05, 0.10)  # power: widths σ_rel tracked (the first is sampled)
+  training.ema_snapshot_every = 1000  # power: steps between snapshots (python -m cfg_jax.posthoc_ema)
   training.checkpoint_every = 1000
   training.max_to_keep = 3
   training.log_every = 100
@@ -183,7 +190,10 @@ RULES = {
     "training.adam_b1": checks.real_in(0, 1, hi_open=True),
     "training.adam_b2": checks.real_in(0, 1, hi_open=True),
     "training.adam_eps": checks.POSITIVE,
+    "training.ema": checks.one_of(*ema.KINDS),
     "training.ema_decay": checks.real_in(0, 1),
+    "training.ema_sigma_rels": SIGMA_RELS,
+    "training.ema_snapshot_every": checks.int_at_least(1),
     "training.checkpoint_every": checks.int_at_least(1),
     "training.max_to_keep": checks.int_at_least(1),
     "training.log_every": checks.int_at_least(1),
@@ -246,7 +256,8 @@ def check_field(name: str, value, rules: dict | None = None) -> None:
 # from its own config; its teacher's data, model and diffusion fields stay.
 DISTILL_TRAINING_FIELDS = ("batch_size", "learning_rate", "warmup_steps", "lr_schedule",
                            "grad_clip_norm", "weight_decay", "adam_b1", "adam_b2", "adam_eps",
-                           "ema_decay", "checkpoint_every", "max_to_keep", "log_every",
+                           "ema", "ema_decay", "ema_sigma_rels", "ema_snapshot_every",
+                           "checkpoint_every", "max_to_keep", "log_every",
                            "sample_every", "nonfinite")
 
 

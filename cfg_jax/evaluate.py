@@ -7,7 +7,9 @@ For each w (and each classifier-guidance scale s, given --classifier_workdir and
 --classifier_scale as in cfg_jax.generate) it samples --num_samples examples with the
 labels spread evenly over the classes, with the run's config.sampling overridden by any
 --sampling.<field>=... (and a guide network, --guide_workdir/--guide_step, as in
-cfg_jax.generate), and measures them against the run's data:
+cfg_jax.generate), for the checkpoint's EMA or for each of --ema (power EMAs of several
+widths reconstructed by python -m cfg_jax.posthoc_ema: the best width differs with w), and
+measures them against the run's data:
 
   FID                  Fréchet distance of feature statistics; the data's (--num_real
                        examples) are cached in <workdir>/fid_stats.
@@ -89,7 +91,7 @@ def main(argv):
         eval_classifier_config=f.eval_classifier_config,
         eval_classifier_dir=f.eval_classifier_dir, num_real=f.num_real, k=f.k,
         is_splits=f.is_splits, batch_size=options.batch_size,
-        feature_batch_size=f.feature_batch_size, seed=options.seed)
+        feature_batch_size=f.feature_batch_size, seed=options.seed, emas=options.emas)
   if jax.process_index() == 0:
     print((options.out / "metrics.md").read_text())
     print(f"Wrote {len(rows)} rows to {options.out}: metrics.csv, metrics.md, fid_vs_is.png")

@@ -31,7 +31,8 @@ def test_cli_on_a_toy2d_run_writes_a_row_per_w(tmp_path):
     assert float(row["fid"]) >= 0 and float(row["inception_score"]) >= 1
     assert 0 <= float(row["precision"]) <= 1 and 0 <= float(row["accuracy"]) <= 1
   table = (out / "metrics.md").read_text()
-  assert sum(line.startswith(f"| {w:g} | – |") for w in WS for line in table.splitlines()) == 7
+  assert sum(line.startswith(f"| checkpoint | {w:g} | – |") for w in WS
+             for line in table.splitlines()) == 7
   assert (out / "fid_vs_is.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert len(list((tmp_path / "fid_stats").glob("points-*.npz"))) == 1
   assert "| w | classifier scale | FID | IS |" in proc.stdout

@@ -12,7 +12,8 @@ scale" of other code bases is 1 + w. The sampler is the run's config.sampling, a
 overridden as `--sampling.<field>=...` (the rule: `--sampling.guidance=apg
 --sampling.guidance_params.eta=0`); `--guide_workdir`/`--guide_step` guide with a weaker
 network instead of ∅ (autoguidance). Checkpoints are only read, so a run can be sampled
-while it trains.
+while it trains. `--ema=sigma_rel_<σ_rel>` samples a power EMA reconstructed by
+`python -m cfg_jax.posthoc_ema` instead of the checkpoint's EMA.
 """
 from __future__ import annotations
 
@@ -39,14 +40,14 @@ def generate(workdir: epath.PathLike, *, ws: Sequence[float | None], out: epath.
              classifier_workdir: epath.PathLike | None = None,
              classifier_scales: Sequence[float] | None = None,
              guide_workdir: epath.PathLike | None = None, guide_step: int | None = None,
-             unconditional: bool = False) -> list[str]:
+             unconditional: bool = False, ema: str | None = None) -> list[str]:
   """Writes `<name>.png` and `<name>.npz` to `out` for every (classifier scale, w).
 
   Arguments are the flags of the same names (see `_define_flags`); `spec_overrides` are
   the --sampling.<field> values, applied to the run's config.sampling. w None samples
   without classifier-free guidance. Returns the names.
   """
-  run = runs.load_run(workdir, step=step)
+  run = runs.load_run(workdir, step=step, ema=ema)
   spec = runs.sampling_spec(run.config, spec_overrides)
   num_classes = run.config.data.num_classes
   labels = runs.make_labels(num_classes, num_samples=num_samples, per_class=per_class,
@@ -90,6 +91,9 @@ def main(argv):
       raise app.UsageError("--unconditional samples the model on ∅ guided by a classifier "
                            "only: give --classifier_workdir and --classifier_scale, not --w.")
     ws = [None]
+  if options.emas is not None and len(options.emas) > 1:
+    raise app.UsageError(f"--ema: generate samples one EMA, got {','.join(options.emas)}; "
+                         f"python -m cfg_jax.evaluate compares several.")
   runtime.set_up_process()
   with runtime.one_line_errors(PROGRAM):
     names = generate(
@@ -99,7 +103,8 @@ def main(argv):
         seed=options.seed, batch_size=options.batch_size,
         classifier_workdir=options.classifier_workdir,
         classifier_scales=options.classifier_scales, guide_workdir=options.guide_workdir,
-        guide_step=options.guide_step, unconditional=f.unconditional)
+        guide_step=options.guide_step, unconditional=f.unconditional,
+        ema=None if options.emas is None else options.emas[0])
   print(f"Wrote {len(names)} grids and npz files to {options.out}")
 
 

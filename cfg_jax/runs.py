@@ -19,6 +19,7 @@ import numpy as np
 from cfg_jax import checkpointing
 from cfg_jax import config_files
 from cfg_jax import config_lib
+from cfg_jax import ema_snapshots
 from cfg_jax import extras
 from cfg_jax import files
 from cfg_jax import guidance
@@ -76,23 +77,34 @@ def _has_checkpoint(workdir: epath.Path) -> bool:
     checkpointer.close()
 
 
-def load_run(workdir: epath.PathLike, *, step: int | None = None) -> Run:
+def load_run(workdir: epath.PathLike, *, step: int | None = None,
+             ema: str | None = None) -> Run:
   """Restores the config and EMA params of a training run, replicated.
 
-  The newest checkpoint that restores, or `step` (see `Checkpointer.restore_newest`). A
-  distillation folder stands for its `last_phase`. The checkpoints are opened read-only:
-  reading never disturbs a run that is training.
+  The newest checkpoint that restores, or `step` (see `Checkpointer.restore_newest`). With
+  `ema` (`sigma_rel_<σ_rel>`, --ema), the params are that reconstructed power EMA
+  (python -m cfg_jax.posthoc_ema), and `step` is one of its steps. A distillation folder
+  stands for its `last_phase`. Everything is opened read-only: reading never disturbs a
+  run that is training.
   """
   extras.check_path(workdir, flag="--workdir")
   if (epath.Path(workdir) / DISTILL_FILE).exists():
     workdir = last_phase(workdir)
   config = config_files.load_config(workdir)
   config_lib.validate(config)
+  subdir = "checkpoints"
+  if ema is not None:
+    sigma_rel = ema_snapshots.parse_ema_name(ema)
+    subdir = ema_snapshots.posthoc_subdir(sigma_rel)
+    if not (epath.Path(workdir) / subdir).exists():
+      raise FileNotFoundError(
+          f"--ema={ema}: {epath.Path(workdir) / subdir} does not exist; reconstruct it with "
+          f"python -m cfg_jax.posthoc_ema --workdir={workdir} --sigma_rel={sigma_rel:g}.")
   model = models.create_model(config)
   mesh = parallel.data_mesh()
   abstract = checkpointing.abstract_like(models.param_shapes(model, config),
                                          parallel.replicated(mesh))
-  checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
+  checkpointer = checkpointing.Checkpointer(workdir, read_only=True, subdir=subdir)
   try:
     step, params = checkpointer.restore_newest(
         lambda s: checkpointer.restore_params(s, abstract, config), step=step)

@@ -18,6 +18,7 @@ as an uninterrupted one would.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import signal
 import time
@@ -40,6 +41,8 @@ from cfg_jax import checkpointing
 from cfg_jax import config_files
 from cfg_jax import config_lib
 from cfg_jax import diffusion
+from cfg_jax import ema
+from cfg_jax import ema_snapshots
 from cfg_jax import extras
 from cfg_jax import input_pipeline
 from cfg_jax import metric_writer
@@ -60,7 +63,8 @@ class TrainState:
   """Everything a resumed run needs besides the config."""
   step: jax.Array
   params: Any
-  ema_params: Any
+  ema_params: Any  # the EMA the sampler reads: constant, or the first width of a power EMA
+  extra_emas: tuple  # the power EMAs of training.ema_sigma_rels[1:]; () for a constant EMA
   opt_state: Any
   rng: jax.Array  # the run's base key; step t uses fold_in(rng, t)
   nonfinite_steps: jax.Array  # steps whose loss or gradient was NaN/inf (their update skipped)
@@ -85,22 +89,27 @@ def create_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientT
 
 def create_train_state(config: ml_collections.ConfigDict, model: Any,
                        tx: optax.GradientTransformation, params: Any = None) -> TrainState:
-  """A fresh state: params (initialized unless given), EMA = params, optimizer state, base
-  rng."""
+  """A fresh state: params (initialized unless given), every EMA = params, optimizer state,
+  base rng."""
   rng = jax.random.PRNGKey(config.seed)
   if params is None:
     params = models.init_params(model, jax.random.fold_in(rng, 0), config)
+  extra_emas = ((params,) * (len(config.training.ema_sigma_rels) - 1)
+                if config.training.ema == "power" else ())
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+                    extra_emas=extra_emas,
                     opt_state=tx.init(params), rng=rng, nonfinite_steps=jnp.zeros((), jnp.int32),
                     first_nonfinite_step=jnp.full((), -1, jnp.int32))
 
 
-def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
-  """min(decay, (1 + t) / (10 + t)): early EMA follows the live weights, then settles at
-  decay from step (10 decay - 1) / (1 - decay) on (8,990 for 0.999, 99,990 for 0.9999);
-  a shorter run never reaches `decay`, and its EMA does not depend on it."""
-  step = step.astype(jnp.float32)
-  return jnp.minimum(decay, (1. + step) / (10. + step))
+def ema_decays(step: jax.Array, training_config: ml_collections.ConfigDict
+               ) -> tuple[jax.Array, ...]:
+  """The decay of each EMA of the state (ema_params, *extra_emas) in the update after
+  `step` steps: training.ema_decay's, or one per width of training.ema_sigma_rels."""
+  t = training_config
+  if t.ema == "constant":
+    return (ema.constant_decay(step, t.ema_decay),)
+  return tuple(ema.power_decay(step, ema.sigma_rel_to_gamma(s)) for s in t.ema_sigma_rels)
 
 
 def diffusion_loss(params, model, batch, rng, config) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -154,13 +163,16 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], frozen: Any = Non
   grad_norm = optax.global_norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  decay = ema_decay_at(state.step, config.training.ema_decay)
-  ema_params = jax.tree.map(lambda e, p: decay * e + (1. - decay) * p, state.ema_params, params)
+  ema_params, *extra_emas = (
+      ema.update(e, params, decay) for e, decay in
+      zip((state.ema_params, *state.extra_emas), ema_decays(state.step, config.training)))
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
   new_state = state.replace(
       step=state.step + 1, params=keep(params, state.params),
-      ema_params=keep(ema_params, state.ema_params), opt_state=keep(opt_state, state.opt_state),
+      ema_params=keep(ema_params, state.ema_params),
+      extra_emas=keep(tuple(extra_emas), state.extra_emas),
+      opt_state=keep(opt_state, state.opt_state),
       nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
       first_nonfinite_step=jnp.where(~finite & (state.first_nonfinite_step < 0), state.step,
                                      state.first_nonfinite_step))
@@ -207,6 +219,27 @@ class Preemption:
   def __exit__(self, *exc_info) -> None:
     if not self._multihost:  # the handler before this watch
       signal.signal(signal.SIGTERM, self._previous)
+
+
+def ema_layout(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The EMA fields that fix the train state's structure, as a checkpoint's meta keeps them."""
+  t = config.training
+  return ({"training.ema": "power", "training.ema_sigma_rels": list(t.ema_sigma_rels)}
+          if t.ema == "power" else {"training.ema": "constant"})
+
+
+def check_ema_layout(meta: dict[str, Any], config: ml_collections.ConfigDict, where: Any) -> None:
+  """Refuses, before any array is read, to resume a checkpoint with other EMAs than the
+  config's (a checkpoint from before power EMAs has the constant one)."""
+  saved, current = meta.get("ema", {"training.ema": "constant"}), ema_layout(config)
+  if saved != current:
+    kind_differs = saved["training.ema"] != current["training.ema"]
+    diffs = "; ".join(f"config.{k}: checkpoint has {saved.get(k)!r}, config has "
+                      f"{current.get(k)!r}" for k in sorted(set(saved) | set(current))
+                      if saved.get(k) != current.get(k) and (k == "training.ema" or not kind_differs))
+    raise checkpointing.ModelMismatchError(
+        f"The checkpoint {where} tracks other EMAs than the config; refusing to resume it. "
+        f"Use another --workdir or the run's own EMA fields. {diffs}")
 
 
 def check_finite(state: TrainState, config: ml_collections.ConfigDict,
@@ -294,8 +327,19 @@ def fit(config: ml_collections.ConfigDict, workdir: epath.Path, *, model: Any, i
     state = jax.jit(init, out_shardings=replicated)(frozen)
   else:  # the newest checkpoint that restores; damaged newer ones are moved aside
     abstract = checkpointing.abstract_like(jax.eval_shape(init, frozen), replicated)
-    latest, (state, _) = checkpointer.restore_newest(
-        lambda step: checkpointer.restore(step, abstract, config), move_damaged=True)
+
+    def restore(step):
+      meta = checkpointer.restore_meta(step)
+      check_ema_layout(meta, config, checkpointer.directory / str(step))
+      if "ema" in meta:
+        return checkpointer.restore(step, abstract, config)
+      # Written before the state had extra_emas (and so with the constant EMA only).
+      fields = {f.name: getattr(abstract, f.name) for f in dataclasses.fields(abstract)
+                if f.name != "extra_emas"}
+      restored, meta = checkpointer.restore(step, fields, config)
+      return TrainState(**restored, extra_emas=()), meta
+
+    latest, (state, _) = checkpointer.restore_newest(restore, move_damaged=True)
     logging.info("Resumed from %s at step %d.", checkpointer.directory, latest)
   config_files.save_config(workdir, config)  # after the restore, which may refuse the workdir
   step = int(state.step)
@@ -310,7 +354,8 @@ def fit(config: ml_collections.ConfigDict, workdir: epath.Path, *, model: Any, i
                                        just_logging=jax.process_index() > 0)
   if step == 0:
     writer.write_hparams(config_lib.flatten(config))
-  meta = {"signature": checkpointing.signature(config)}
+  meta = {"signature": checkpointing.signature(config), "ema": ema_layout(config)}
+  snapshots = ema_snapshots.SnapshotWriter(workdir, config) if t.ema == "power" else None
   pending_metrics, last_log = [], (time.perf_counter(), step)
   exit_code = 0
   try:
@@ -325,6 +370,8 @@ def fit(config: ml_collections.ConfigDict, workdir: epath.Path, *, model: Any, i
         skipped = check_finite(state, config, checkpointer)
         last_log = _log(writer, done, pending_metrics, last_log, t, skipped)
         pending_metrics = []
+      if snapshots and (done % t.ema_snapshot_every == 0 or last):
+        snapshots.save(done, state)
       if done % t.checkpoint_every == 0 or last or preempted:
         check_finite(state, config, checkpointer)
         checkpointer.save(done, state, meta | {"data_step": done})
@@ -338,6 +385,8 @@ def fit(config: ml_collections.ConfigDict, workdir: epath.Path, *, model: Any, i
   finally:
     checkpointer.wait()
     checkpointer.close()
+    if snapshots:
+      snapshots.close()
     writer.close()
   return exit_code
 

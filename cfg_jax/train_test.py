@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from cfg_jax import checkpointing
+from cfg_jax import config_files
 from cfg_jax import config_lib
+from cfg_jax import ema_snapshots
 from cfg_jax import input_pipeline
 from cfg_jax import models
 from cfg_jax import test_configs
@@ -72,15 +74,6 @@ def test_train_writes_checkpoints_events_and_samples(tmp_path):
   assert any(not np.allclose(a, b) for a, b in zip(live, ema))
 
 
-@pytest.mark.parametrize("decay,reached", [(0.995, 1_790), (0.999, 8_990)])
-def test_ema_decay_is_reached_at_the_step_its_docstring_gives(decay, reached):
-  at = lambda t, d=decay: float(train.ema_decay_at(np.int32(t), d))
-  assert at(reached - 1) < np.float32(decay) and at(reached) == pytest.approx(decay, abs=1e-7)
-  assert at(reached + 10_000) == np.float32(decay)
-  # Before that step the decay does not depend on `decay`.
-  assert at(reached - 1, 0.9995) == at(reached - 1) == np.float32(reached / (reached + 9))
-
-
 def test_loss_falls(tmp_path):
   config = test_configs.toy2d(num_steps=300, batch_size=64, log_every=100, checkpoint_every=1000)
   train.train(config, str(tmp_path))
@@ -101,6 +94,63 @@ def test_resume_gives_identical_parameters(tmp_path):
   _, _, straight = final_state(tmp_path / "straight")
   _, _, resumed = final_state(tmp_path / "resumed")
   jax.tree.map(np.testing.assert_array_equal, straight, resumed)
+
+
+def test_power_ema_resumes_bit_for_bit_with_its_snapshots(tmp_path):
+  power = dict(ema="power", ema_sigma_rels=(0.05, 0.1, 0.2), ema_snapshot_every=3)
+  train.train(test_configs.toy2d(num_steps=8, **power), str(tmp_path / "straight"))
+  train.train(test_configs.toy2d(num_steps=4, **power), str(tmp_path / "resumed"))
+  train.train(test_configs.toy2d(num_steps=8, **power), str(tmp_path / "resumed"))
+  _, meta, straight = final_state(tmp_path / "straight")
+  _, _, resumed = final_state(tmp_path / "resumed")
+  jax.tree.map(np.testing.assert_array_equal, straight, resumed)
+  assert meta["ema"] == {"training.ema": "power", "training.ema_sigma_rels": [0.05, 0.1, 0.2]}
+  # The snapshots: every 3 steps, each stopped run's last step, every width, identical.
+  assert ema_snapshots.snapshot_steps(tmp_path / "straight") == [3, 6, 8]
+  assert ema_snapshots.snapshot_steps(tmp_path / "resumed") == [3, 4, 6, 8]
+  config = test_configs.toy2d(**power)
+  snapshot = lambda run: list(ema_snapshots.read_snapshots(run, config, [6, 8]))
+  jax.tree.map(np.testing.assert_array_equal, snapshot(tmp_path / "straight"),
+               snapshot(tmp_path / "resumed"))
+  np.testing.assert_array_equal(snapshot(tmp_path / "straight")[4]["dense_out"]["kernel"],
+                                straight["extra_emas"][0]["dense_out"]["kernel"])
+  # ema_params is the first width's, the state's other EMAs the rest; wider lags more.
+  live = np.concatenate([x.ravel() for x in jax.tree.leaves(straight["params"])])
+  widths = [straight["ema_params"], *straight["extra_emas"]]
+  gaps = [np.linalg.norm(np.concatenate([x.ravel() for x in jax.tree.leaves(e)]) - live)
+          for e in widths]
+  assert len(widths) == 3 and 0 < gaps[0] < gaps[1] < gaps[2], gaps
+
+
+def test_a_constant_ema_run_is_unchanged_and_resumes_checkpoints_from_before_power_emas(
+    tmp_path):
+  """Checkpoints written before the state had extra_emas hold no such item."""
+  train.train(test_configs.toy2d(num_steps=4), str(tmp_path / "new"))
+  _, meta, state = final_state(tmp_path / "new")
+  assert meta["ema"] == {"training.ema": "constant"} and state["extra_emas"] == ()
+  old = checkpointing.Checkpointer(tmp_path / "old", max_to_keep=3)
+  old.save(4, {k: v for k, v in state.items() if k != "extra_emas"},
+           {k: v for k, v in meta.items() if k != "ema"})
+  old.wait()
+  old.close()
+  config_files.save_config(tmp_path / "old", test_configs.toy2d(num_steps=8))
+  train.train(test_configs.toy2d(num_steps=8), str(tmp_path / "old"))
+  train.train(test_configs.toy2d(num_steps=8), str(tmp_path / "new"))
+  jax.tree.map(np.testing.assert_array_equal, final_state(tmp_path / "old")[2],
+               final_state(tmp_path / "new")[2])
+
+
+def test_a_run_refuses_to_resume_with_other_emas(tmp_path):
+  train.train(test_configs.toy2d(num_steps=4, ema="power"), str(tmp_path))
+  before = files_under(tmp_path / "checkpoints")
+  for ema, match in [("constant", r"config.training.ema: checkpoint has 'power', config has "
+                      r"'constant'$"),
+                     ("power", r"config.training.ema_sigma_rels: checkpoint has \[0.05, 0.1\], "
+                      r"config has \[0.05, 0.2\]")]:
+    config = test_configs.toy2d(num_steps=8, ema=ema, ema_sigma_rels=(0.05, 0.2))
+    with pytest.raises(checkpointing.ModelMismatchError, match=match):
+      train.train(config, str(tmp_path))
+  assert files_under(tmp_path / "checkpoints") == before
 
 
 def test_refuses_a_checkpoint_of_another_model(tmp_path):
@@ -338,6 +388,11 @@ def test_sigterm_saves_and_exits_with_the_preemption_code(tmp_path):
     ("training.p_uncond", 1.5, r"config.training.p_uncond=1.5 is invalid: it must be a number in \[0, 1\]"),
     ("training.p_uncond", -0.1, r"config.training.p_uncond=-0.1"),
     ("training.batch_size", 0, r"config.training.batch_size=0"),
+    ("training.ema", "karras", r"config.training.ema='karras' is invalid: it must be one of "
+     r"\('constant', 'power'\)"),
+    ("training.ema_sigma_rels", (0.05, 0.3), r"config.training.ema_sigma_rels=\(0.05, 0.3\) is "
+     r"invalid: it must be a non-empty tuple of distinct widths in \(0, 0.2887\)"),
+    ("training.ema_snapshot_every", 0, r"config.training.ema_snapshot_every=0"),
     ("data.source", "imagenet_typo_not_a_dataset", r"config.data.source"),
     ("data.source", "folder:/nonexistent/cfg_jax", r"config.data.source"),
 ])

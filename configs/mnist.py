@@ -9,7 +9,7 @@ same training minutes):
   1 + e^-λ; the class table initialised at std 1 as ADM's; a λ embedding of 32
   frequencies;
 - batch 64, AdamW at 5e-4 after 100 warmup steps, 4,000 steps, an EMA whose decay follows
-  (1 + t) / (10 + t) up to 0.999 (`train.ema_decay_at`);
+  (1 + t) / (10 + t) up to 0.999 (`ema.constant_decay`);
 - guidance only for λ in [-1, 3] (Kynkäänniemi et al. 2024): this model decides the class
   at the noisier steps, where guiding only removes variety.
 """

@@ -5,17 +5,18 @@ import pathlib
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # docs/architecture.md's layers; a module may import from its own layer and those above.
 LAYERS = {
-    1: ("checks", "schedules", "diffusion", "guidance", "mixture"),
+    1: ("checks", "schedules", "diffusion", "guidance", "mixture", "ema"),
     2: ("sampling", "xla_options", "distillation"),
     3: ("config_lib", "input_pipeline", "data_sources", "images", "extras", "configs",
         "test_configs"),
     4: ("models",),
-    5: ("parallel", "checkpointing", "checkpoint_errors", "config_files", "workdir_lock", "files",
+    5: ("parallel", "checkpointing", "checkpoint_errors", "config_files", "ema_snapshots",
+        "workdir_lock", "files",
         "metric_writer", "visualization", "runtime"),
     6: ("runs",),
     7: ("train", "distill"),
     8: ("evaluation",),
-    9: ("generate", "evaluate", "cli"),
+    9: ("generate", "evaluate", "posthoc_ema", "cli"),
 }
 LAYER = {name: layer for layer, names in LAYERS.items() for name in names}
 

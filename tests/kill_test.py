@@ -1,8 +1,9 @@
 """Kill safety: SIGKILL at 5 random moments, resume each time, same final parameters.
 
-The tiny mnist preset runs through the CLI. A kill may land during start-up, a step, or
-the middle of writing a checkpoint; each restart must resume from the last complete
-checkpoint and the finished run must equal an uninterrupted one bit for bit.
+The tiny mnist preset runs through the CLI with power EMAs (the state's extra EMAs and
+their snapshots). A kill may land during start-up, a step, or the middle of writing a
+checkpoint or a snapshot; each restart must resume from the last complete checkpoint and
+the finished run, snapshots included, must equal an uninterrupted one bit for bit.
 """
 import os
 import random
@@ -14,6 +15,8 @@ import time
 import jax
 import numpy as np
 
+from cfg_jax import config_files
+from cfg_jax import ema_snapshots
 from cfg_jax import metric_writer_test
 from cfg_jax import train_test
 
@@ -26,7 +29,8 @@ TINY_MNIST = ["--config.model.ch=8", "--config.model.ch_mult=(1,2)",
               "--config.training.warmup_steps=4", "--config.training.learning_rate=2e-3",
               "--config.training.log_every=4", "--config.training.sample_every=1000",
               "--config.sampling.num_steps=2", "--config.sampling.w=(0.,)",
-              "--config.sampling.num_per_class=1", "--config.sampling.grid_classes=2"]
+              "--config.sampling.num_per_class=1", "--config.sampling.grid_classes=2",
+              "--config.training.ema=power", "--config.training.ema_snapshot_every=3"]
 
 
 def _logged(workdir, tag):
@@ -79,3 +83,9 @@ def test_sigkill_at_five_random_times_then_resume_matches_uninterrupted(tmp_path
   assert step_a == step_b == step_c == 24
   jax.tree.map(np.testing.assert_array_equal, a, c)  # a rerun is deterministic
   jax.tree.map(np.testing.assert_array_equal, a, b)
+  config = config_files.load_config(killed)
+  assert sorted(int(p.name) for p in (killed / ema_snapshots.SNAPSHOTS).iterdir()) == list(
+      range(3, 25, 3))  # no temporary folders either
+  snapshots = lambda run: list(ema_snapshots.read_snapshots(run, config, range(3, 25, 3)))
+  jax.tree.map(np.testing.assert_array_equal, snapshots(tmp_path / "straight"),
+               snapshots(killed))

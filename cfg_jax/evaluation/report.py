@@ -1,7 +1,7 @@
 """The report of an evaluation: metrics.csv, metrics.md and the FID-against-IS plot.
 
-One row per (classifier scale, w). The plot draws FID against IS with one curve per
-classifier scale whose points are labelled by w (the paper's trade-off figure).
+One row per (EMA, classifier scale, w). The plot draws FID against IS with one curve per
+(EMA, classifier scale) whose points are labelled by w (the paper's trade-off figure).
 """
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from cfg_jax import extras
 from cfg_jax import files
 from cfg_jax import visualization
 
-COLUMNS = ("w", "classifier_scale", "fid", "inception_score", "inception_score_std",
+COLUMNS = ("ema", "w", "classifier_scale", "fid", "inception_score", "inception_score_std",
            "precision", "recall", "accuracy", "num_samples")
+CHECKPOINT_EMA = "checkpoint"  # the ema column of the checkpoint's own EMA
 
 
 def _is_missing(value: Any) -> bool:
@@ -27,7 +28,8 @@ def _is_missing(value: Any) -> bool:
 
 def write_results(rows: Sequence[dict[str, Any]], out: epath.PathLike, *, title: str,
                   notes: Sequence[str] = ()) -> None:
-  """metrics.csv (a row per (w, s)), metrics.md (a table) and fid_vs_is.png in `out`."""
+  """metrics.csv (a row per (EMA, w, s)), metrics.md (a table) and fid_vs_is.png in `out`."""
+  rows = [{"ema": CHECKPOINT_EMA} | row for row in rows]
   out = epath.Path(out)
   out.mkdir(parents=True, exist_ok=True)
   buffer = io.StringIO()
@@ -38,11 +40,11 @@ def write_results(rows: Sequence[dict[str, Any]], out: epath.PathLike, *, title:
   files.write_text_atomic(out / "metrics.csv", buffer.getvalue())
 
   lines = [f"# Evaluation of {title}", "", *[f"- {note}" for note in notes], "",
-           "| w | classifier scale | FID | IS | precision | recall | accuracy |",
-           "|---:|---:|---:|---:|---:|---:|---:|"]
+           "| EMA | w | classifier scale | FID | IS | precision | recall | accuracy |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
   for row in rows:
     scale, accuracy = row["classifier_scale"], row["accuracy"]
-    lines.append(f"| {row['w']:g} | {'–' if _is_missing(scale) else f'{scale:g}'} | "
+    lines.append(f"| {row['ema']} | {row['w']:g} | {'–' if _is_missing(scale) else f'{scale:g}'} | "
                  f"{row['fid']:.4g} | {row['inception_score']:.4g} ± "
                  f"{row['inception_score_std']:.2g} | {row['precision']:.3f} | "
                  f"{row['recall']:.3f} | {'–' if _is_missing(accuracy) else f'{accuracy:.3f}'} |")
@@ -60,11 +62,13 @@ def _plot_fid_vs_is(rows: Sequence[dict[str, Any]], path: epath.Path, *, title: 
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
   fig, ax = plt.subplots(figsize=(5.5, 4.5))
-  scales = list(dict.fromkeys(row["classifier_scale"] for row in rows))
-  for scale in scales:
-    curve = [row for row in rows if row["classifier_scale"] == scale]
+  curves = list(dict.fromkeys((row["ema"], row["classifier_scale"]) for row in rows))
+  several_emas = len({ema for ema, _ in curves}) > 1
+  for ema, scale in curves:
+    curve = [row for row in rows if (row["ema"], row["classifier_scale"]) == (ema, scale)]
+    label = "no classifier guidance" if scale is None else f"classifier scale {scale:g}"
     ax.plot([r["inception_score"] for r in curve], [r["fid"] for r in curve], marker="o",
-            label="no classifier guidance" if scale is None else f"classifier scale {scale:g}")
+            label=f"{ema}, {label}" if several_emas else label)
     for r in curve:
       ax.annotate(f"w={r['w']:g}", (r["inception_score"], r["fid"]), textcoords="offset points",
                   xytext=(4, 4), fontsize=8)
@@ -72,7 +76,7 @@ def _plot_fid_vs_is(rows: Sequence[dict[str, Any]], path: epath.Path, *, title: 
   ax.set_xlabel("Inception Score")
   ax.set_ylabel("FID")
   ax.set_title(f"{title}: FID against IS across w", fontsize=9)
-  if len(scales) > 1:
+  if len(curves) > 1:
     ax.legend(fontsize=8)
   fig.tight_layout()
   visualization.write_png(fig, path)

@@ -1,6 +1,6 @@
 """Evaluating a run across guidance strengths: sample each (classifier scale s, w), measure.
 
-`evaluate` samples the run at every (s, w) of the grid, measures the samples against the
+`evaluate` samples the run at every (s, w) of the grid (for each EMA asked for), measures the samples against the
 run's data with a feature net (FID, IS, precision/recall, accuracy on the intended
 labels) and writes the report. Its arguments are the flags of `python -m cfg_jax.evaluate`.
 """
@@ -104,12 +104,15 @@ def evaluate(workdir: epath.PathLike, *, ws: Sequence[float], num_samples: int,
              eval_classifier_config: ml_collections.ConfigDict | None = None,
              eval_classifier_dir: epath.PathLike | None = None, num_real: int | None = None,
              k: int = 3, is_splits: int = 10, batch_size: int = 256,
-             feature_batch_size: int = 64, seed: int = 0) -> list[dict[str, Any]]:
-  """Samples the run in `workdir` at every (s, w), measures the samples, writes the results.
+             feature_batch_size: int = 64, seed: int = 0,
+             emas: Sequence[str] | None = None) -> list[dict[str, Any]]:
+  """Samples the run in `workdir` at every (s, w) for each EMA, measures the samples, writes
+  the results.
 
   Arguments are the flags of `python -m cfg_jax.evaluate` of the same names but
   ws (--w), classifier_scales (--classifier_scale) and spec_overrides (the
-  --sampling.<field> values, applied to the run's config.sampling); None means the flag's
+  --sampling.<field> values, applied to the run's config.sampling) and emas (--ema: the
+  reconstructed power EMAs to compare; None: the checkpoint's EMA); None means the flag's
   default. Returns the rows of metrics.csv.
   """
   check_options(ws=ws, num_samples=num_samples, k=k, is_splits=is_splits,
@@ -117,7 +120,8 @@ def evaluate(workdir: epath.PathLike, *, ws: Sequence[float], num_samples: int,
                 classifier_scales=classifier_scales)
   report.require_matplotlib()
   workdir = epath.Path(workdir)
-  run = runs.load_run(workdir, step=step)
+  ema_runs = {name: runs.load_run(workdir, step=step, ema=name) for name in emas or [None]}
+  run = next(iter(ema_runs.values()))
   spec = runs.sampling_spec(run.config, spec_overrides)
   classifier = runs.load_classifier(classifier_workdir, classifier_scales, run_config=run.config)
   guide = (None if guide_workdir is None else
@@ -130,14 +134,16 @@ def evaluate(workdir: epath.PathLike, *, ws: Sequence[float], num_samples: int,
   labels = runs.make_labels(run.config.data.num_classes, num_samples=num_samples)
   sample_fn = runs.make_run_sample_fn(run, spec, classifier=classifier, guide=guide)
   rows = []
-  for scale, w, x in runs.sample_guidance_grid(
-      sample_fn, run, labels, ws=ws, classifier=classifier, classifier_scales=classifier_scales,
-      guide=guide, batch_size=batch_size, seed=seed):
-    row = {"w": w, "classifier_scale": scale,
-           **sample_metrics(x, labels, net, real, k=k, is_splits=is_splits,
-                            batch_size=feature_batch_size)}
-    logging.info("w=%g s=%s: %s", w, scale, {c: row[c] for c in report.COLUMNS[2:]})
-    rows.append(row)
+  for name, ema_run in ema_runs.items():
+    for scale, w, x in runs.sample_guidance_grid(
+        sample_fn, ema_run, labels, ws=ws, classifier=classifier,
+        classifier_scales=classifier_scales, guide=guide, batch_size=batch_size, seed=seed):
+      row = {"ema": name or report.CHECKPOINT_EMA, "w": w, "classifier_scale": scale,
+             **sample_metrics(x, labels, net, real, k=k, is_splits=is_splits,
+                              batch_size=feature_batch_size)}
+      logging.info("%s w=%g s=%s: %s", row["ema"], w, scale,
+                   {c: row[c] for c in report.COLUMNS[3:]})
+      rows.append(row)
   if jax.process_index() == 0:
     guided_by = ("" if guide is None else
                  f"; autoguidance by {guide_workdir} at step {guide.step} in place of ∅")
