@@ -108,7 +108,7 @@ def base_config() -> ml_collections.ConfigDict:
   training.ema = "constant"    # the EMA sampled from (cfg_jax.ema): constant | power
   training.ema_decay = 0.9999  # constant: the decay from step 99,990 on; before, (1+t)/(10+t)
   training.ema_sigma_rels = (0.05, 0.10)  # power: widths σ_rel tracked (the first is sampled)
-  training.ema_snapshot_every = 1000  # power: steps between snapshots (python -m cfg_jax.posthoc_ema)
+  training.ema_snapshot_every = 1000  # power: steps between snapshots (cfg_jax.posthoc_ema)
   training.checkpoint_every = 1000
   training.max_to_keep = 3
   training.log_every = 100

@@ -233,10 +233,11 @@ def check_ema_layout(meta: dict[str, Any], config: ml_collections.ConfigDict, wh
   config's (a checkpoint from before power EMAs has the constant one)."""
   saved, current = meta.get("ema", {"training.ema": "constant"}), ema_layout(config)
   if saved != current:
-    kind_differs = saved["training.ema"] != current["training.ema"]
+    # Another kind of EMA: only the kind differs; the same kind: its widths.
+    fields = (["training.ema"] if saved["training.ema"] != current["training.ema"] else
+              sorted(set(saved) | set(current)))
     diffs = "; ".join(f"config.{k}: checkpoint has {saved.get(k)!r}, config has "
-                      f"{current.get(k)!r}" for k in sorted(set(saved) | set(current))
-                      if saved.get(k) != current.get(k) and (k == "training.ema" or not kind_differs))
+                      f"{current.get(k)!r}" for k in fields if saved.get(k) != current.get(k))
     raise checkpointing.ModelMismatchError(
         f"The checkpoint {where} tracks other EMAs than the config; refusing to resume it. "
         f"Use another --workdir or the run's own EMA fields. {diffs}")
