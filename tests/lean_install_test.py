@@ -73,7 +73,7 @@ def test_a_core_wheel_trains_samples_and_evaluates_outside_the_checkout(tmp_path
   pip("matplotlib")
   cli("evaluate", f"--workdir={toy}", *evaluate)
   table = (tmp_path / "eval" / "metrics.md").read_text()
-  assert "\n| 0 | – | " in table and "\n| 1 | – | " in table
+  assert "\n| checkpoint | 0 | – | " in table and "\n| checkpoint | 1 | – | " in table
 
   mnist = ["train", f"--config={presets / 'mnist.py'}", f"--workdir={tmp_path / 'mnist'}",
            *SHORT_RUN]
