@@ -73,15 +73,21 @@ class SnapshotWriter:
       self._checkpointer.close()
 
 
-def snapshot_steps(workdir: epath.PathLike) -> list[int]:
-  """The steps of a run's complete snapshots, oldest first ([] without any)."""
-  if not (epath.Path(workdir) / SNAPSHOTS).exists():
+def steps_in(workdir: epath.PathLike, subdir: str) -> list[int]:
+  """The complete steps under `<workdir>/<subdir>` (SNAPSHOTS or a `posthoc_subdir`),
+  oldest first; [] where the folder does not exist."""
+  if not (epath.Path(workdir) / subdir).exists():
     return []
-  checkpointer = checkpointing.Checkpointer(workdir, read_only=True, subdir=SNAPSHOTS)
+  checkpointer = checkpointing.Checkpointer(workdir, read_only=True, subdir=subdir)
   try:
     return checkpointer.steps()
   finally:
     checkpointer.close()
+
+
+def snapshot_steps(workdir: epath.PathLike) -> list[int]:
+  """The steps of a run's complete snapshots, oldest first ([] without any)."""
+  return steps_in(workdir, SNAPSHOTS)
 
 
 def snapshot_widths(workdir: epath.PathLike, steps: Sequence[int]) -> list[list[float]]:

@@ -19,7 +19,6 @@ from absl import app
 from absl import flags
 from absl import logging
 from etils import epath
-import numpy as np
 
 from cfg_jax import checkpointing
 from cfg_jax import cli
@@ -64,7 +63,8 @@ def reconstruct(workdir: epath.PathLike, sigma_rels: Sequence[float], *,
     raise ValueError(f"--step={step}: {workdir / ema_snapshots.SNAPSHOTS} has no snapshot of "
                      f"that step; it has steps {', '.join(map(str, steps))}.")
   folders = {s: workdir / ema_snapshots.posthoc_subdir(s) for s in sigma_rels}
-  todo = [s for s in sigma_rels if step not in _steps_in(folders[s])]
+  todo = [s for s in sigma_rels
+          if step not in ema_snapshots.steps_in(workdir, ema_snapshots.posthoc_subdir(s))]
   for s in set(sigma_rels) - set(todo):
     logging.info("%s already holds step %d; kept.", folders[s], step)
   if not todo:
@@ -90,16 +90,6 @@ def reconstruct(workdir: epath.PathLike, sigma_rels: Sequence[float], *,
     logging.info("Wrote the EMA of sigma_rel %g at step %d from %d snapshots to %s.",
                  sigma_rel, step, len(in_steps), folders[sigma_rel])
   return folders
-
-
-def _steps_in(folder: epath.Path) -> list[int]:
-  if not folder.exists():
-    return []
-  checkpointer = checkpointing.Checkpointer(folder.parent, read_only=True, subdir=folder.name)
-  try:
-    return checkpointer.steps()
-  finally:
-    checkpointer.close()
 
 
 def _define_flags() -> None:

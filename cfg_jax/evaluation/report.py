@@ -44,8 +44,9 @@ def write_results(rows: Sequence[dict[str, Any]], out: epath.PathLike, *, title:
            "|---|---:|---:|---:|---:|---:|---:|---:|"]
   for row in rows:
     scale, accuracy = row["classifier_scale"], row["accuracy"]
-    lines.append(f"| {row['ema']} | {row['w']:g} | {'–' if _is_missing(scale) else f'{scale:g}'} | "
-                 f"{row['fid']:.4g} | {row['inception_score']:.4g} ± "
+    lines.append(f"| {row['ema']} | {row['w']:g} | "
+                 f"{'–' if _is_missing(scale) else f'{scale:g}'} | {row['fid']:.4g} | "
+                 f"{row['inception_score']:.4g} ± "
                  f"{row['inception_score_std']:.2g} | {row['precision']:.3f} | "
                  f"{row['recall']:.3f} | {'–' if _is_missing(accuracy) else f'{accuracy:.3f}'} |")
   files.write_text_atomic(out / "metrics.md", "\n".join(lines) + "\n")

@@ -1,8 +1,9 @@
 """Evaluating a run across guidance strengths: sample each (classifier scale s, w), measure.
 
-`evaluate` samples the run at every (s, w) of the grid (for each EMA asked for), measures the samples against the
-run's data with a feature net (FID, IS, precision/recall, accuracy on the intended
-labels) and writes the report. Its arguments are the flags of `python -m cfg_jax.evaluate`.
+`evaluate` samples the run at every (s, w) of the grid, for each EMA asked for, measures
+the samples against the run's data with a feature net (FID, IS, precision/recall, accuracy
+on the intended labels) and writes the report. Its arguments are the flags of
+`python -m cfg_jax.evaluate`.
 """
 from __future__ import annotations
 
